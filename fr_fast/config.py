@@ -1,0 +1,289 @@
+"""Training configuration: one dataclass, YAML presets and ``key=value`` overrides (nanoGPT style).
+
+A preset is a flat YAML mapping of :class:`TrainConfig` fields; it may name another preset with
+``base: other.yaml`` (resolved relative to the preset's folder) whose values it overrides.
+Command-line overrides come last: ``--lr=0.05``, ``lam=0.2``, ``--lr_milestones=[10,20]``,
+``--eps=8/255``; a bare ``--flag`` sets a bool field to true. Values are parsed with
+``yaml.safe_load`` and checked against the field's type: unknown or ill-typed fields raise a
+``ValueError`` that names them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+METHODS = ("natural", "at", "trades", "mart", "awp")
+FR_MODES = ("none", "fr", "frwa")
+AWP_BASES = ("at", "trades")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of :func:`fr_fast.train.train`; defaults are the paper's CIFAR-10 ResNet18 AT recipe.
+
+    Epochs are 0-indexed: with ``lr_milestones=[75, 90]`` the learning rate is 0.01 from epoch index 75
+    on (the 76th epoch), and ``fr_start_epoch=None`` / ``wa_start_epoch=None`` mean "the first milestone",
+    i.e. FR and WA switch on together with the first learning-rate decay, as sec. 5 of the paper states.
+    """
+
+    # objective
+    method: str = "at"                     # natural | at | trades | mart | awp
+    awp_base: str = "at"                   # AWP on top of "at" or "trades"
+    fr: str = "none"                       # none | fr (teacher = the model itself) | frwa (teacher = weight average)
+    lam: float = 0.1                       # FR coefficient (0.05 for Tiny ImageNet in the paper)
+    distance: str = "l1"                   # l1 | l2 | cosine
+    fft: str = "1d"                        # "1d" = paper text (DFT over classes), "2d" = authors' code
+    fr_start_epoch: Union[int, None] = None  # None -> first lr milestone (paper); 0 -> from the start
+    wa: bool = False                       # keep a weight average even without FR/WA (not used as teacher)
+    wa_start_epoch: Union[int, None] = None  # None -> first lr milestone (paper, Eq. 3 updated once per epoch)
+    bn_recalibrate: bool = True            # re-estimate the averaged model's BN statistics (authors' code)
+    bn_recalibrate_batches: Union[int, None] = None  # None -> one full pass over the training loader
+    # model and data
+    model: str = "resnet18"
+    dataset: str = "cifar10"
+    data_dir: Union[str, None] = None
+    pad_to: Union[int, None] = None
+    low_pass_bandwidth: Union[int, None] = None  # L-model: train and evaluate on low-pass filtered inputs
+    augment: Union[str, None] = "auto"       # "auto" -> the dataset's paper augmentation; None/"none" -> off
+    val_fraction: float = 0.1
+    num_workers: int = 0
+    fake_data: int = 0                     # > 0: that many random images of the dataset's shape (smoke tests)
+    # optimisation
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: list[int] = field(default_factory=lambda: [75, 90])
+    lr_gamma: float = 0.1
+    # attack used in training
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    attack_steps: int = 10
+    trades_beta: float = 6.0
+    mart_beta: float = 6.0
+    awp_gamma: float = 0.01                # AT-AWP code default (ResNet-sized models); TRADES-AWP uses 0.005
+    awp_warmup: int = 0                    # epochs before AWP switches on (TRADES-AWP code: 10)
+    # speed
+    amp: str = "auto"                      # auto: bf16 (fp16 + GradScaler if no bf16) on CUDA, off on CPU
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    # run
+    seed: int = 0
+    deterministic: bool = False
+    out_dir: str = "runs/default"
+    resume: Union[str, None] = None        # None | "last" (out_dir/last.pt) | a checkpoint path
+    val_every: int = 1
+    eval_pgd_steps: int = 20
+    max_train_batches: Union[int, None] = None  # cap per epoch (tiny tests, benchmarks)
+    max_val_batches: Union[int, None] = None
+    progress: bool = True                  # tqdm bars (rank 0 only)
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("awp_base", self.awp_base, AWP_BASES)
+        _check_choice("fr", self.fr, FR_MODES)
+        _check_choice("distance", self.distance, ("l1", "l2", "cosine"))
+        _check_choice("fft", self.fft, ("1d", "2d"))
+        _check_choice("amp", self.amp, AMP_MODES)
+        for name in ("lam", "eps", "alpha", "lr", "momentum", "weight_decay", "trades_beta", "mart_beta",
+                     "awp_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "attack_steps", "val_every", "eval_pgd_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if sorted(self.lr_milestones) != list(self.lr_milestones):
+            raise ValueError(f"lr_milestones must be increasing, got {self.lr_milestones}")
+        if self.fr == "frwa" and self.resolved_fr_start() < self.resolved_wa_start():
+            raise ValueError(f"fr='frwa' needs the weight average before FR starts: fr_start_epoch "
+                             f"({self.resolved_fr_start()}) < wa_start_epoch ({self.resolved_wa_start()})")
+
+    def _first_milestone(self) -> int:
+        return self.lr_milestones[0] if self.lr_milestones else 0
+
+    def resolved_fr_start(self) -> int:
+        """Epoch index from which the FR term is added (None -> the first lr milestone)."""
+        return self._first_milestone() if self.fr_start_epoch is None else self.fr_start_epoch
+
+    def resolved_wa_start(self) -> int:
+        """Epoch index at which the weight average starts (None -> the first lr milestone)."""
+        return self._first_milestone() if self.wa_start_epoch is None else self.wa_start_epoch
+
+    @property
+    def uses_wa(self) -> bool:
+        return self.fr == "frwa" or self.wa
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` checked (and, for int->float or "8/255"->float, converted) against type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(name, value, arg)
+            except ValueError as exc:
+                errors.append(exc)
+        raise _type_error(name, tp, value)
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        raise _type_error(name, tp, value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(name, tp, value)
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(name, v, item_tp) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(name, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(name, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        match = _FRACTION.match(value) if isinstance(value, str) else None
+        if match:
+            try:
+                return float(match.group(1)) / float(match.group(2))
+            except (ValueError, ZeroDivisionError):
+                pass
+        raise _type_error(name, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(name, tp, value)
+    raise TypeError(f"unsupported field type {tp!r} for {name}")  # a bug in TrainConfig, not user input
+
+
+def _type_error(name: str, tp: Any, value: Any) -> ValueError:
+    shown = getattr(tp, "__name__", None) if typing.get_origin(tp) is None else None
+    return ValueError(f"config field {name!r} expects {shown or tp}, got {value!r} ({type(value).__name__})")
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _unknown_field(name: str, where: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(_field_types()), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config field {name!r} in {where}{hint}")
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """Find a preset by path, or by name inside the repository's ``configs/`` folder."""
+    path = Path(path)
+    for candidate in (path, CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"config preset {str(path)!r} not found (looked in . and {CONFIG_DIR})")
+
+
+def load_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML preset into a raw dict, following ``base:`` links (child values win)."""
+    path = resolve_preset(path).resolve()
+    if path in _seen:
+        raise ValueError(f"config preset {path} inherits from itself via 'base:'")
+    with open(path) as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config preset {path} must be a YAML mapping, got {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    base = raw.pop("base", None)
+    if base is not None:
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        values.update(load_preset(base_path, _seen + (path,)))
+    types_ = _field_types()
+    for key in raw:
+        if key not in types_:
+            raise _unknown_field(key, str(path))
+    values.update(raw)
+    return values
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["--lr=0.05", "fr=frwa", "--compile"]`` into ``{"lr": 0.05, "fr": "frwa", "compile": True}``."""
+    types_ = _field_types()
+    values: dict[str, Any] = {}
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        key, sep, raw = text.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in types_:
+            raise _unknown_field(key, f"override {item!r}")
+        if not sep:
+            if types_[key] is bool:
+                values[key] = True
+                continue
+            if key == "resume":
+                values[key] = "last"
+                continue
+            raise ValueError(f"override {item!r} needs a value: --{key}=VALUE")
+        parsed = yaml.safe_load(raw) if raw.strip() else None
+        # Keep strings that YAML would turn into something else where the field wants a string
+        # (e.g. out_dir=2024 or data_dir=~).
+        if types_[key] in (str, Union[str, None]) and parsed is not None and not isinstance(parsed, str):
+            parsed = raw
+        values[key] = parsed
+    return values
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Type-check a raw mapping and build a :class:`TrainConfig` (unknown keys -> ValueError)."""
+    types_ = _field_types()
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types_:
+            raise _unknown_field(key, where)
+        kwargs[key] = _coerce(key, value, types_[key])
+    return TrainConfig(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from an optional YAML preset plus ``key=value`` overrides.
+
+    Parameters
+    ----------
+    path : preset file, or a preset name in ``configs/`` (``"mnist_cnn_at_fr"``); None -> defaults.
+    overrides : strings such as ``"--lr=0.05"``, ``"fr=frwa"``, ``"--eps=8/255"``, ``"--compile"``.
+
+    Raises
+    ------
+    ValueError : unknown field (close matches suggested), ill-typed value, or an invalid combination.
+    FileNotFoundError : the preset does not exist.
+    """
+    values = load_preset(path) if path is not None else {}
+    values.update(parse_overrides(list(overrides or [])))
+    return config_from_dict(values, where=str(path) if path is not None else "overrides")
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain-Python dict of a config (what checkpoints and metrics store)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,250 @@
+"""The fused ops: input checks, backend choice and autograd wiring. Kernels live in csrc/.
+
+Python decides, kernels compute: every public function validates its arguments, picks the C++/CUDA
+kernel when the extension provides one for the tensors' device, and otherwise falls back to
+``fr_fast.reference`` (with a one-time warning).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from fr_fast import reference
+from fr_fast.reference import DISTANCES, FFT_MODES, REDUCTIONS
+
+try:
+    from fr_fast import _C  # noqa: F401  (loading it registers the torch.ops.fr_fast kernels)
+
+    EXTENSION_ERROR: str | None = None
+except ImportError as error:  # not built: the references take over
+    EXTENSION_ERROR = str(error)
+
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+# The fused FR kernels do a direct DFT (O(C^2) per row). Above this many classes an FFT is cheaper,
+# so Python routes larger problems to the torch.fft path (the kernels themselves accept any C).
+MAX_FUSED_CLASSES = 512
+_warned = False
+
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """Which implementation runs the fused ops for tensors on ``device``: "cuda", "cpp" or "reference"."""
+    device_type = torch.device(device).type
+    if EXTENSION_ERROR is not None:
+        return "reference"
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("fr_fast::pgd_step_", key):
+        return "reference"
+    return "cpp" if device_type == "cpu" else "cuda"
+
+
+def _fused(device: torch.device) -> bool:
+    global _warned
+    if backend(device) != "reference":
+        return True
+    if not _warned:
+        _warned = True
+        reason = EXTENSION_ERROR or f"no kernel for device type {device.type!r}"
+        warnings.warn(f"fr_fast: fused kernels unavailable ({reason}); using the pure-PyTorch reference ops",
+                      RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_float_tensor(name: str, tensor: object) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def _check_pair(op: str, first: tuple[str, Tensor], second: tuple[str, Tensor]) -> None:
+    (name_a, a), (name_b, b) = first, second
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: {name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{op}: {name_a} is on {a.device} but {name_b} is on {b.device}")
+
+
+# --------------------------------------------------------------------------------------------- FR loss
+
+def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", reduction: str = "mean",
+            fft: str = "1d") -> Tensor:
+    """Frequency-regularisation distance between teacher and adversarial logits (the λ-free term of Eq. 2).
+
+    Parameters
+    ----------
+    teacher_logits, adv_logits : (B, C) floating tensors on one device (any strides). Mixed dtypes are
+        promoted. Gradients flow to both unless the caller detaches one.
+    distance : "l1" (the paper), "l2" or "cosine" (its ablation). Formulas in ``fr_fast.reference.fr_loss``.
+        By Parseval, l2 equals sqrt(C)·‖a − b‖₂ and cosine equals 1 − cos(a, b) in logit space, so both
+        are computed without a DFT.
+    reduction : "mean" (the paper's 1/n Σ_i), "sum" or "none" (a (B,) tensor).
+    fft : "1d" (DFT over classes, the paper's text) or "2d" (the authors' code: a 2-D DFT over the whole
+        (B, C) matrix, L1 averaged over all 2·B·C real and imaginary parts; l1 only, no "none").
+
+    Returns
+    -------
+    Tensor: float32 for float16/bfloat16/float32 inputs, float64 for float64.
+    """
+    _check_float_tensor("teacher_logits", teacher_logits)
+    _check_float_tensor("adv_logits", adv_logits)
+    _check_choice("distance", distance, DISTANCES)
+    _check_choice("reduction", reduction, REDUCTIONS)
+    _check_choice("fft", fft, FFT_MODES)
+    if teacher_logits.dim() != 2:
+        raise ValueError(f"fr_loss expects (batch, classes) logits, got shape {tuple(teacher_logits.shape)}")
+    _check_pair("fr_loss", ("teacher_logits", teacher_logits), ("adv_logits", adv_logits))
+    if fft == "2d" and (distance != "l1" or reduction == "none"):
+        raise ValueError("fft='2d' (the authors' code) supports distance='l1' with reduction 'mean' or 'sum' only")
+    dtype = torch.promote_types(teacher_logits.dtype, adv_logits.dtype)
+    teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
+        diff = torch.fft.fft2(teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype))
+        parts = torch.view_as_real(diff).abs()
+        return parts.mean() if reduction == "mean" else parts.sum()
+    if distance == "l2":
+        diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
+        per_example = diff.norm(dim=-1) * math.sqrt(diff.shape[-1])
+        return reference._reduce(per_example, reduction)
+    if distance == "cosine":
+        similarity = torch.nn.functional.cosine_similarity(
+            teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), dim=-1, eps=1e-8)
+        return reference._reduce(1.0 - similarity, reduction)
+    if teacher_logits.shape[-1] <= MAX_FUSED_CLASSES and _fused(teacher_logits.device):
+        return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
+    return reference.fr_loss(teacher_logits, adv_logits, "l1", reduction, "1d")
+
+
+class FRLoss(torch.nn.Module):
+    """``lam * fr_loss(teacher_logits, adv_logits)``: the FR term to add to an adversarial-training loss."""
+
+    def __init__(self, lam: float = 0.1, distance: str = "l1", fft: str = "1d", reduction: str = "mean") -> None:
+        super().__init__()
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"FRLoss: lam must be a finite number >= 0, got {lam}")
+        _check_choice("distance", distance, DISTANCES)
+        _check_choice("fft", fft, FFT_MODES)
+        _check_choice("reduction", reduction, REDUCTIONS)
+        self.lam, self.distance, self.fft, self.reduction = lam, distance, fft, reduction
+
+    def forward(self, teacher_logits: Tensor, adv_logits: Tensor) -> Tensor:
+        return self.lam * fr_loss(teacher_logits, adv_logits, self.distance, self.reduction, self.fft)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, distance={self.distance!r}, fft={self.fft!r}, reduction={self.reduction!r}"
+
+
+# --------------------------------------------------------------------------------------------- PGD step
+
+def _check_radius(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_images(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
+    _check_float_tensor("x_adv", x_adv)
+    for name, tensor in others.items():
+        _check_float_tensor(name, tensor)
+        _check_pair(op, ("x_adv", x_adv), (name, tensor))
+        if tensor.dtype != x_adv.dtype:
+            raise ValueError(f"{op}: x_adv is {x_adv.dtype} but {name} is {tensor.dtype}")
+    if x_adv.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{op}: x_adv requires grad; pass a detached tensor (e.g. x_adv.detach_()) to update in place")
+
+
+def _like(template: Tensor, tensor: Tensor) -> Tensor:
+    """``tensor`` with exactly the strides of the dense ``template`` (a copy only when they differ)."""
+    if tensor.stride() == template.stride():
+        return tensor
+    return torch.empty_like(template).copy_(tensor)
+
+
+def _run_in_place(kernel, x_adv: Tensor, *inputs: Tensor) -> Tensor:
+    # The kernels walk dense tensors with identical strides as flat arrays, which keeps any memory
+    # format. Strided views of x_adv are updated through a dense copy.
+    target = x_adv if x_adv.is_non_overlapping_and_dense() else x_adv.contiguous()
+    kernel(target, *(_like(target, t) for t in inputs))
+    if target is not x_adv:
+        x_adv.copy_(target)
+    return x_adv
+
+
+def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float) -> Tensor:
+    """One L-inf PGD step in place: ``x_adv ← clamp(min(max(x_adv + α·sign(grad), x_nat − ε), x_nat + ε), 0, 1)``.
+
+    All three tensors share shape, dtype (float16/bfloat16/float32/float64) and device; any memory format
+    (x_adv keeps its own). The fused kernels compute in float32 and round once. Returns ``x_adv``.
+    """
+    _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    _check_radius("eps", eps)
+    if not _fused(x_adv.device):
+        return reference.pgd_step_(x_adv, grad, x_nat, alpha, eps)
+    return _run_in_place(lambda x, g, x0: torch.ops.fr_fast.pgd_step_(x, g, x0, float(alpha), float(eps)),
+                         x_adv, grad, x_nat)
+
+
+def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float) -> Tensor:
+    """Write ``clamp(x_nat + U(−ε, ε), 0, 1)`` into ``x_adv`` (the PGD random start). Returns ``x_adv``.
+
+    The noise comes from torch's generator (``torch.manual_seed`` reproduces it) and is drawn into
+    ``x_adv`` itself; one fused pass then adds ``x_nat`` and clips.
+    """
+    _check_images("random_start_", x_adv, {"x_nat": x_nat})
+    _check_radius("eps", eps)
+    if not _fused(x_adv.device):
+        return reference.random_start_(x_adv, x_nat, eps)
+    target = x_adv if x_adv.is_non_overlapping_and_dense() else torch.empty_like(x_nat)
+    _run_in_place(torch.ops.fr_fast.add_clip_, target.uniform_(-eps, eps), x_nat)
+    return x_adv if target is x_adv else x_adv.copy_(target)
+
+
+# ------------------------------------------------------------------------- torch.library registration
+
+def _register_library_functions() -> None:
+    """Fake (meta) implementations for torch.compile and the autograd formula of fr_l1."""
+
+    @torch.library.register_fake("fr_fast::fr_l1")
+    def _(teacher: Tensor, adv: Tensor, reduction: int) -> Tensor:
+        dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+        shape = (teacher.shape[0],) if reduction == 0 else ()
+        return teacher.new_empty(shape, dtype=dtype)
+
+    @torch.library.register_fake("fr_fast::fr_l1_backward")
+    def _(grad: Tensor, teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        return (torch.empty(teacher.shape, dtype=teacher.dtype, device=teacher.device),
+                torch.empty(adv.shape, dtype=adv.dtype, device=adv.device))
+
+    @torch.library.register_fake("fr_fast::pgd_step_")
+    def _(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float) -> None:
+        return None
+
+    @torch.library.register_fake("fr_fast::add_clip_")
+    def _(x_adv: Tensor, x_nat: Tensor) -> None:
+        return None
+
+    def setup_context(ctx, inputs, output) -> None:
+        teacher, adv, reduction = inputs
+        ctx.save_for_backward(teacher, adv)
+        ctx.reduction = reduction
+
+    def backward(ctx, grad: Tensor):
+        teacher, adv = ctx.saved_tensors
+        grad_teacher, grad_adv = torch.ops.fr_fast.fr_l1_backward(grad, teacher, adv, ctx.reduction)
+        return grad_teacher, grad_adv, None
+
+    torch.library.register_autograd("fr_fast::fr_l1", backward, setup_context=setup_context)
+
+
+if EXTENSION_ERROR is None:
+    _register_library_functions()
