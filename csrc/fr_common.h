@@ -1,6 +1,7 @@
 // Shared by the CPU and CUDA FR kernels: reduction codes and the real-DFT bookkeeping.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #define FR_HOST_DEVICE __host__ __device__
@@ -9,6 +10,10 @@
 #endif
 
 namespace fr_fast {
+
+// Accumulation type of the kernels: float32 for 16- and 32-bit inputs, float64 for float64.
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 

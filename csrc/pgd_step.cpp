@@ -1,10 +1,12 @@
 // CPU fused PGD step and random-start clip: one pass over memory, computed in float32 (float64 for
 // float64 tensors). Inputs are dense with identical strides (fr_fast.ops guarantees it), so they are
 // walked as flat arrays and every memory format, channels_last included, is kept.
-#include <ATen/AccumulateType.h>
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "fr_common.h"
 
 #include <algorithm>
 
@@ -19,42 +21,48 @@ void check_same_layout(const char* op, const at::Tensor& x, const at::Tensor& ot
   TORCH_CHECK(x.is_non_overlapping_and_dense(), op, ": x_adv must be dense");
 }
 
+template <typename scalar_t>
+void pgd_step_kernel(scalar_t* x, const scalar_t* g, const scalar_t* x0, int64_t numel, double alpha, double eps) {
+  using acc_t = acc_of<scalar_t>;
+  const acc_t step = static_cast<acc_t>(alpha), radius = static_cast<acc_t>(eps);
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t gi = static_cast<acc_t>(g[i]);
+      const acc_t sign = static_cast<acc_t>((gi > acc_t(0)) - (gi < acc_t(0)));
+      const acc_t center = static_cast<acc_t>(x0[i]);
+      acc_t v = static_cast<acc_t>(x[i]) + step * sign;
+      v = std::min(std::max(v, center - radius), center + radius);
+      x[i] = static_cast<scalar_t>(std::min(std::max(v, acc_t(0)), acc_t(1)));
+    }
+  });
+}
+
+template <typename scalar_t>
+void add_clip_kernel(scalar_t* x, const scalar_t* x0, int64_t numel) {
+  using acc_t = acc_of<scalar_t>;
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t v = static_cast<acc_t>(x0[i]) + static_cast<acc_t>(x[i]);
+      x[i] = static_cast<scalar_t>(std::min(std::max(v, acc_t(0)), acc_t(1)));
+    }
+  });
+}
+
 void pgd_step_cpu(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, double alpha, double eps) {
   check_same_layout("pgd_step_", x_adv, grad, "grad");
   check_same_layout("pgd_step_", x_adv, x_nat, "x_nat");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "pgd_step_cpu", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    scalar_t* x = x_adv.mutable_data_ptr<scalar_t>();
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const scalar_t* x0 = x_nat.const_data_ptr<scalar_t>();
-    const acc_t step = static_cast<acc_t>(alpha), radius = static_cast<acc_t>(eps);
-    at::parallel_for(0, x_adv.numel(), kGrain, [&](int64_t begin, int64_t end) {
-#pragma omp simd
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t gi = static_cast<acc_t>(g[i]);
-        const acc_t sign = static_cast<acc_t>((gi > acc_t(0)) - (gi < acc_t(0)));
-        const acc_t center = static_cast<acc_t>(x0[i]);
-        acc_t v = static_cast<acc_t>(x[i]) + step * sign;
-        v = std::min(std::max(v, center - radius), center + radius);
-        x[i] = static_cast<scalar_t>(std::min(std::max(v, acc_t(0)), acc_t(1)));
-      }
-    });
+    pgd_step_kernel(x_adv.mutable_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+                    x_nat.const_data_ptr<scalar_t>(), x_adv.numel(), alpha, eps);
   });
 }
 
 void add_clip_cpu(at::Tensor& x_adv, const at::Tensor& x_nat) {
   check_same_layout("add_clip_", x_adv, x_nat, "x_nat");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "add_clip_cpu", [&] {
-    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-    scalar_t* x = x_adv.mutable_data_ptr<scalar_t>();
-    const scalar_t* x0 = x_nat.const_data_ptr<scalar_t>();
-    at::parallel_for(0, x_adv.numel(), kGrain, [&](int64_t begin, int64_t end) {
-#pragma omp simd
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t v = static_cast<acc_t>(x0[i]) + static_cast<acc_t>(x[i]);
-        x[i] = static_cast<scalar_t>(std::min(std::max(v, acc_t(0)), acc_t(1)));
-      }
-    });
+    add_clip_kernel(x_adv.mutable_data_ptr<scalar_t>(), x_nat.const_data_ptr<scalar_t>(), x_adv.numel());
   });
 }
 

@@ -138,7 +138,8 @@ def _check_eval_inputs(model: nn.Module, x: Tensor, y: Tensor) -> int:
     _check_batch(x, y)
     for t in list(model.parameters()) + list(model.buffers()):
         if t.device != x.device:
-            raise ValueError(f"model is on {t.device} but x is on {x.device}: move one of them")
+            raise ValueError(f"model is on device {t.device} but x is on device {x.device}: "
+                             "move both to the same device")
         break
     if x.numel() and (torch.isnan(x).any() or x.min() < -RANGE_TOL or x.max() > 1 + RANGE_TOL):
         raise ValueError("x must hold images in [0, 1] (normalisation belongs inside the model); "

@@ -50,10 +50,12 @@ class TrainConfig:
     bn_recalibrate_batches: Union[int, None] = None  # None -> one full pass over the training loader
     # model and data
     model: str = "resnet18"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options, e.g. {width: 16}
     dataset: str = "cifar10"
     data_dir: Union[str, None] = None
     pad_to: Union[int, None] = None
     low_pass_bandwidth: Union[int, None] = None  # L-model: train and evaluate on low-pass filtered inputs
+    normalize: bool = False                # per-dataset mean/std inside the model (paper: inputs only scaled to [0, 1])
     augment: Union[str, None] = "auto"       # "auto" -> the dataset's paper augmentation; None/"none" -> off
     val_fraction: float = 0.1
     num_workers: int = 0
@@ -76,7 +78,7 @@ class TrainConfig:
     awp_warmup: int = 0                    # epochs before AWP switches on (TRADES-AWP code: 10)
     # speed
     amp: str = "auto"                      # auto: bf16 (fp16 + GradScaler if no bf16) on CUDA, off on CPU
-    channels_last: bool = True
+    channels_last: Union[bool, str] = "auto"  # auto: on for CUDA, off on CPU (slower there for small convs)
     compile: bool = False
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     # run
@@ -97,6 +99,8 @@ class TrainConfig:
         _check_choice("distance", self.distance, ("l1", "l2", "cosine"))
         _check_choice("fft", self.fft, ("1d", "2d"))
         _check_choice("amp", self.amp, AMP_MODES)
+        if isinstance(self.channels_last, str):
+            _check_choice("channels_last", self.channels_last, ("auto",))
         for name in ("lam", "eps", "alpha", "lr", "momentum", "weight_decay", "trades_beta", "mart_beta",
                      "awp_gamma"):
             if getattr(self, name) < 0:
@@ -156,6 +160,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise _type_error(name, tp, value)
         (item_tp,) = typing.get_args(tp)
         return [_coerce(name, v, item_tp) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(name, tp, value)
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -167,6 +175,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # "5e-4" (YAML 1.1 reads it as a string) or "8/255"
+            try:
+                return float(value)
+            except ValueError:
+                pass
         match = _FRACTION.match(value) if isinstance(value, str) else None
         if match:
             try:

@@ -29,13 +29,21 @@ MAX_FUSED_CLASSES = 512
 _warned = False
 
 
+def _devices_with_kernels() -> frozenset[str]:
+    if EXTENSION_ERROR is not None:
+        return frozenset()
+    return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                     if torch._C._dispatch_has_kernel_for_dispatch_key("fr_fast::pgd_step_", key))
+
+
+# Looked up once: backend() then stays plain Python that torch.compile traces without a graph break.
+_KERNEL_DEVICES = _devices_with_kernels()
+
+
 def backend(device: str | torch.device = "cpu") -> str:
     """Which implementation runs the fused ops for tensors on ``device``: "cuda", "cpp" or "reference"."""
     device_type = torch.device(device).type
-    if EXTENSION_ERROR is not None:
-        return "reference"
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("fr_fast::pgd_step_", key):
+    if EXTENSION_ERROR is not None or device_type not in _KERNEL_DEVICES:
         return "reference"
     return "cpp" if device_type == "cpu" else "cuda"
 
@@ -161,6 +169,16 @@ def _check_images(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
         raise ValueError(f"{op}: x_adv requires grad; pass a detached tensor (e.g. x_adv.detach_()) to update in place")
 
 
+def _is_dense(tensor: Tensor) -> bool:
+    """True when the elements fill one block of memory without gaps or overlaps (any dimension order)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(tensor.shape, tensor.stride()) if s != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _like(template: Tensor, tensor: Tensor) -> Tensor:
     """``tensor`` with exactly the strides of the dense ``template`` (a copy only when they differ)."""
     if tensor.stride() == template.stride():
@@ -171,7 +189,7 @@ def _like(template: Tensor, tensor: Tensor) -> Tensor:
 def _run_in_place(kernel, x_adv: Tensor, *inputs: Tensor) -> Tensor:
     # The kernels walk dense tensors with identical strides as flat arrays, which keeps any memory
     # format. Strided views of x_adv are updated through a dense copy.
-    target = x_adv if x_adv.is_non_overlapping_and_dense() else x_adv.contiguous()
+    target = x_adv if _is_dense(x_adv) else x_adv.contiguous()
     kernel(target, *(_like(target, t) for t in inputs))
     if target is not x_adv:
         x_adv.copy_(target)
@@ -204,7 +222,7 @@ def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float) -> Tensor:
     _check_radius("eps", eps)
     if not _fused(x_adv.device):
         return reference.random_start_(x_adv, x_nat, eps)
-    target = x_adv if x_adv.is_non_overlapping_and_dense() else torch.empty_like(x_nat)
+    target = x_adv if _is_dense(x_adv) else torch.empty_like(x_nat)
     _run_in_place(torch.ops.fr_fast.add_clip_, target.uniform_(-eps, eps), x_nat)
     return x_adv if target is x_adv else x_adv.copy_(target)
 

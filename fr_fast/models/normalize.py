@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,22 +28,23 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: float | Sequence[float], std: float | Sequence[float], channels: int):
         super().__init__()
-        mean_t = self._per_channel(mean, channels, "mean")
-        std_t = self._per_channel(std, channels, "std")
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"std must be > 0 for every channel, got {std_t.tolist()}")
+        mean_v = self._per_channel(mean, channels, "mean")
+        std_v = self._per_channel(std, channels, "std")
+        if not all(s > 0 for s in std_v):
+            raise ValueError(f"std must be > 0 for every channel, got {std_v}")
         self.channels = channels
-        self.register_buffer("mean", mean_t.view(1, channels, 1, 1))
-        self.register_buffer("std", std_t.view(1, channels, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean_v, dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std_v, dtype=torch.float32).view(1, channels, 1, 1))
 
     @staticmethod
-    def _per_channel(value: float | Sequence[float], channels: int, what: str) -> torch.Tensor:
-        t = torch.as_tensor(value, dtype=torch.float32).flatten()
-        if t.numel() == 1:
-            return t.expand(channels).clone()
-        if t.numel() != channels:
-            raise ValueError(f"{what} has {t.numel()} values but the model has {channels} input channels")
-        return t.clone()
+    def _per_channel(value: float | Sequence[float], channels: int, what: str) -> list[float]:
+        # Plain floats (not tensors) so validation also works under torch.device("meta").
+        values = [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+        if len(values) == 1:
+            return values * channels
+        if len(values) != channels:
+            raise ValueError(f"{what} has {len(values)} values but the model has {channels} input channels")
+        return values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:

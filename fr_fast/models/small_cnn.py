@@ -17,10 +17,12 @@ class SmallCNN(nn.Module):
     """Four 3x3 conv+BN+ReLU layers, two 2x2 max-pools, global average pooling, one linear layer.
 
     Channels are ``width, 2*width, 2*width, 4*width``. Not a paper model: it exists for CPU runs,
-    tests and the demo. Input (B, in_channels, H, W), H, W >= 8 -> logits (B, num_classes).
+    tests and the demo. The default width 16 (~35k parameters) runs a PGD-10 adversarial-training
+    epoch of 3600 MNIST images in ~25 s on a busy 2-core CPU; width 32 is ~4x the compute for
+    more capacity. Input (B, in_channels, H, W), H, W >= 8 -> logits (B, num_classes).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32):
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16):
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
@@ -40,5 +42,5 @@ class SmallCNN(nn.Module):
 
 
 @register_model("small_cnn")
-def small_cnn(num_classes: int, in_channels: int = 3, width: int = 32) -> nn.Module:
+def small_cnn(num_classes: int, in_channels: int = 3, width: int = 16) -> nn.Module:
     return SmallCNN(num_classes, in_channels, width)

@@ -1,0 +1,244 @@
+"""`fr-fast analyze CHECKPOINT [CHECKPOINT ...] --out DIR`: the paper's Fourier-domain analyses.
+
+Writes, for all checkpoints together (several models on one figure where it makes sense):
+
+* ``lpf`` -> ``filtered_accuracy.{png,csv,json}`` and ``summary.md``: accuracy on low/high-pass
+  filtered test images per bandwidth (paper Table 1).
+* ``spectrum`` -> ``perturbation_spectrum.{png,json}`` (mean |FFT| of PGD perturbations, Fig. 2)
+  and ``perturbation_examples.png`` (per-image spectra, A.4).
+* ``bands`` -> ``band_accuracy.{png,json,csv}``: robust accuracy with low/high-pass filtered
+  perturbations and clean accuracy of low-pass inputs (Fig. 3).
+* ``heatmap`` -> ``fourier_heatmap.{png,json}``: Fourier heat maps (Fig. 4, Yin et al. 2019).
+* ``panel`` -> ``panel_<model>.png``: image, its LPF/HPF parts, the perturbation and its spectrum
+  (Fig. 1 style).
+
+The attack is PGD-``--steps`` (default 20) with the checkpoint's eps and step eps/4, run once per
+model and image and shared by the ``spectrum``, ``bands`` and ``panel`` analyses.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from fr_fast import spectral as sp
+
+ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
+
+
+def default_bandwidths(size: int) -> list[int]:
+    """Bandwidths swept for ``size x size`` images: 4, 8, ..., 32 up to 32 px (paper), size/8 steps above."""
+    step = 4 if size <= 32 else max(1, size // 8)
+    bws = list(range(step, size + 1, step))
+    return bws if bws and bws[-1] == size else bws + [size]
+
+
+class _MemoAttack:
+    """PGD whose result is remembered per input batch, so the analyses of one model share one attack."""
+
+    def __init__(self, eps: float, alpha: float, steps: int):
+        from fr_fast import attacks
+
+        self._pgd, self.eps, self.alpha, self.steps = attacks.pgd, eps, alpha, steps
+        self._cache: dict[str, Tensor] = {}
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        if key not in self._cache:
+            self._cache[key] = self._pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps).detach()
+        return self._cache[key]
+
+
+def _model_names(paths: list[str], names: list[str] | None) -> list[str]:
+    if names:
+        if len(names) != len(paths):
+            raise ValueError(f"--names gives {len(names)} names for {len(paths)} checkpoints")
+        return names
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    # e.g. runs/at/last.pt and runs/at_fr/last.pt: name them by their run folder
+    return [f"{Path(p).parent.name}/{Path(p).stem}" for p in paths]
+
+
+def _parse_what(text: str) -> list[str]:
+    what = [w.strip() for w in text.split(",") if w.strip()]
+    bad = [w for w in what if w not in ANALYSES]
+    if bad or not what:
+        raise ValueError(f"--what must be a comma-separated subset of {','.join(ANALYSES)}, got {text!r}")
+    return what
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fr-fast analyze", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files written by fr-fast train")
+    p.add_argument("--out", required=True, help="results folder (created)")
+    p.add_argument("--what", default=",".join(ANALYSES), help=f"subset of {','.join(ANALYSES)}")
+    p.add_argument("--names", nargs="+", default=None, help="display names, one per checkpoint")
+    p.add_argument("--n-images", type=int, default=1000, help="test images for lpf/spectrum/bands (paper: 2000)")
+    p.add_argument("--heatmap-images", type=int, default=200, help="test images for the Fourier heat map")
+    p.add_argument("--heatmap-norm", type=float, default=4.0, help="L2 norm v of the Fourier basis noise")
+    p.add_argument("--bandwidths", type=int, nargs="+", default=None, help="default: 4,8,...,size")
+    p.add_argument("--panel-bandwidth", type=int, default=8, help="LPF/HPF bandwidth of the panel figure")
+    p.add_argument("--panel-images", type=int, default=4)
+    p.add_argument("--eps", type=float, default=None, help="override the checkpoint's eps")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (paper: 20)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--data-dir", default=None, help="override the checkpoint's data_dir")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test-image subset and heat-map signs")
+    return p
+
+
+def _load_test(cfg: dict, data_dir: str | None, n: int, seed: int):
+    from fr_fast.data import load_dataset
+
+    ds = load_dataset(cfg["dataset"], "test", data_dir if data_dir is not None else cfg.get("data_dir"),
+                      pad_to=cfg.get("pad_to"))
+    if len(ds) == 0:
+        raise ValueError(f"the {cfg['dataset']} test set is empty")
+    # a seeded random subset: test files may be sorted by class
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[: min(n, len(ds))]
+    return Subset(ds, idx.tolist())
+
+
+def _stack(ds, n: int) -> tuple[Tensor, Tensor]:
+    xs, ys = zip(*(ds[i] for i in range(min(n, len(ds)))))
+    return torch.stack(xs), torch.as_tensor(ys)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fr-fast analyze: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from fr_fast.checkpoint import load_model
+
+    what = _parse_what(args.what)
+    for path in args.checkpoints:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path!r} not found")
+    if args.n_images < 1 or args.heatmap_images < 1 or args.panel_images < 1:
+        raise ValueError("--n-images, --heatmap-images and --panel-images must be >= 1")
+    names = _model_names(args.checkpoints, args.names)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_eval = max(args.n_images, args.heatmap_images, args.panel_images)
+
+    low, high, spectra, examples, bands, heatmaps, meta = {}, {}, {}, {}, {}, {}, {}
+    for name, path in tqdm(list(zip(names, args.checkpoints)), desc="models"):
+        model, cfg = load_model(path, device=device)
+        model.eval()
+        test = _load_test(cfg, args.data_dir, n_eval, args.seed)
+        x0, _ = test[0]
+        size = min(x0.shape[-2:])
+        bws = args.bandwidths or default_bandwidths(size)
+        if any(b < 1 or b > size for b in bws):
+            raise ValueError(f"--bandwidths must lie in [1, {size}] for {name} ({tuple(x0.shape)} images), got {bws}")
+        eps = float(args.eps if args.eps is not None else cfg["eps"])
+        attack = _MemoAttack(eps, eps / 4, args.steps)
+        loader = DataLoader(Subset(test, range(min(args.n_images, len(test)))), batch_size=args.batch_size)
+        meta[name] = {"checkpoint": str(path), "dataset": cfg["dataset"], "model": cfg.get("model"),
+                      "eps": eps, "pgd_steps": args.steps, "pgd_alpha": eps / 4, "bandwidths": bws,
+                      "n_images": min(args.n_images, len(test))}
+
+        if "lpf" in what:
+            low[name] = sp.filtered_accuracy(model, loader, bws, "low", progress=True)
+            high[name] = sp.filtered_accuracy(model, loader, bws, "high", progress=True)
+        if "bands" in what:
+            bands[name] = sp.perturbation_band_accuracy(model, loader, eps, bws, attack=attack, progress=True)
+        if "spectrum" in what or "panel" in what:
+            res = sp.perturbation_spectrum(model, loader, eps, None, attack=attack,
+                                           n_examples=args.panel_images, progress=True)
+            spectra[name] = res.mean
+            examples[name] = res
+        if "heatmap" in what:
+            hx, hy = _stack(test, args.heatmap_images)
+            g = torch.Generator().manual_seed(args.seed)
+            heatmaps[name] = sp.fourier_heatmap(model, hx, hy, args.heatmap_norm, generator=g,
+                                                batch_size=None, progress=True)
+            meta[name].update(heatmap_images=len(hy), heatmap_norm=args.heatmap_norm)
+
+    written = []
+    sp.save_json(meta, out / "meta.json")
+    if low:
+        written.append(sp.plot_filtered_accuracy(low, out / "filtered_accuracy.png", high=high))
+        rows = {f"{n} LPF": r for n, r in low.items()} | {f"{n} HPF": r for n, r in high.items()}
+        sp.save_accuracy_csv(rows, out / "filtered_accuracy.csv")
+        sp.save_json({"low_pass": low, "high_pass": high}, out / "filtered_accuracy.json")
+    if bands:
+        written.append(sp.plot_band_accuracy(bands, out / "band_accuracy.png"))
+        sp.save_json(bands, out / "band_accuracy.json")
+        rows = {f"{n} {key}": r[key] for n, r in bands.items() for key in ("lpf_input", "lpf_delta", "hpf_delta")}
+        sp.save_accuracy_csv(rows, out / "band_accuracy.csv")
+    if "spectrum" in what and spectra:
+        written.append(sp.plot_spectra(spectra, out / "perturbation_spectrum.png"))
+        sp.save_json(spectra, out / "perturbation_spectrum.json")
+        per_image = {f"{n} #{i}": s for n, r in examples.items() for i, s in enumerate(r.spectra)}
+        written.append(sp.plot_spectra(per_image, out / "perturbation_examples.png",
+                                       title="|FFT| of single PGD perturbations (centred; log10)"))
+    if heatmaps:
+        written.append(sp.plot_fourier_heatmaps(heatmaps, out / "fourier_heatmap.png",
+                                                title=f"Fourier heat map (error rate, v={args.heatmap_norm})"))
+        sp.save_json(heatmaps, out / "fourier_heatmap.json")
+    if "panel" in what:
+        for name, r in examples.items():
+            bw = min(args.panel_bandwidth, min(r.x.shape[-2:]))
+            written.append(sp.plot_panel(r.x, r.delta, bw, out / f"panel_{_slug(name)}.png",
+                                         title=f"{name}: eps={meta[name]['eps']:.3g}, PGD-{args.steps}"))
+    _write_summary(out / "summary.md", meta, low, high, bands)
+    for p in written:
+        print(p)
+    print(out / "summary.md")
+    return 0
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _write_summary(path: Path, meta: dict, low: dict, high: dict, bands: dict) -> None:
+    lines = ["# fr-fast analyze summary", ""]
+    for name, m in meta.items():
+        lines.append(f"- **{name}**: {m['dataset']} / {m['model']}, eps={m['eps']:.4g}, "
+                     f"PGD-{m['pgd_steps']}, {m['n_images']} test images ({m['checkpoint']})")
+    fmt = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    for title, results in (("Accuracy (%) on low-pass filtered inputs", low),
+                           ("Accuracy (%) on high-pass filtered inputs", high)):
+        if results:
+            bws = sorted({k for r in results.values() for k in r})
+            lines += ["", f"## {title}", ""]
+            lines += _md_table(["model", *map(str, bws)],
+                               [[n, *(fmt(r[k]) if k in r else "" for k in bws)] for n, r in results.items()])
+    if bands:
+        lines += ["", "## Perturbation bands (%): clean / PGD accuracy, then per bandwidth", ""]
+        for n, r in bands.items():
+            bws = r["bandwidths"]
+            lines += [f"**{n}**: clean {fmt(r['clean'])}, PGD {fmt(r['robust'])}", ""]
+            lines += _md_table(["series", *map(str, bws)],
+                               [[key, *(fmt(r[key][k]) for k in bws)] for key in ("lpf_input", "lpf_delta", "hpf_delta")])
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""`fr-fast <command> ...` (or `python -m fr_fast <command> ...`): one entry point, one module per command."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("fr_fast.train", "train a model (AT/TRADES/MART/AWP, +FR or FR/WA) from a config preset"),
+    "eval": ("fr_fast.evaluate", "robustness report of a checkpoint: clean, PGD-20/50, CW-inf, AutoAttack"),
+    "analyze": ("fr_fast.analyze", "Fourier-domain analyses and figures for one or more checkpoints"),
+    "demo": ("fr_fast.demo", "AT+FR on embedded MNIST in a few minutes; prints clean and PGD-20 accuracy"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: fr-fast <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "`fr-fast <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"fr-fast: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Training objectives: natural, PGD-AT (Madry), TRADES, MART, each optionally plus the FR term.
+
+Every base objective maps ``(model, x, x_adv, y)`` to a :class:`LossOutput` ``(loss, adv_logits,
+nat_logits)``; :func:`training_loss` adds ``lam * fr_loss(teacher_logits, adv_logits)`` (Eq. 2 of the
+paper) on top and returns ``(loss, adv_logits)``. :func:`craft_adversarial` builds the x_adv each
+objective trains on, with the attack its authors use.
+
+Formulas (written from the papers and checked against the authors' public code):
+  AT      CE(f(x_adv), y)                                                   (Madry et al. 2018)
+  TRADES  CE(f(x), y) + beta * KL(p(x) || p(x_adv)), batch-mean KL, beta = 6 (Zhang et al. 2019)
+  MART    CE(f(x_adv), y) - log(1.0001 - max_{k != y} p_k(x_adv))
+          + beta * mean_i [KL(p(x_i) || p(x_adv_i)) * (1 - p_y(x_i))], beta = 6 (Wang et al. 2020)
+Shapes: x, x_adv (B, C, H, W) in [0, 1]; y (B,) int64; logits (B, K). Losses are scalars in float32.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import fr_fast
+
+# Numerical guards of the MART reference code (keep the log finite when a probability is 0 or 1).
+_MART_LOG_EPS = 1e-12
+_MART_MARGIN = 1.0001
+# TRADES / MART attacks start from x + N(0, 0.001^2) instead of a uniform point in the ball.
+_SMALL_START_STD = 0.001
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor                 # scalar, float32
+    adv_logits: Tensor           # (B, K) logits on the adversarial input (natural input for plain natural training)
+    nat_logits: Tensor | None    # (B, K) logits on the natural input when the objective computed them
+
+
+def natural_loss(model: nn.Module, x: Tensor, x_adv: Tensor | None, y: Tensor) -> LossOutput:
+    """Cross-entropy on natural inputs. ``x_adv`` (if given) is only forwarded so FR can use it."""
+    nat = model(x)
+    adv = model(x_adv) if x_adv is not None else nat
+    return LossOutput(F.cross_entropy(nat.float(), y), adv, nat)
+
+
+def at_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
+    """PGD-AT: cross-entropy on the adversarial input."""
+    adv = model(x_adv)
+    return LossOutput(F.cross_entropy(adv.float(), y), adv, None)
+
+
+def trades_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, beta: float = 6.0) -> LossOutput:
+    """TRADES: CE on x plus ``beta`` times the batch-mean KL(p(x) || p(x_adv)); gradients reach both branches."""
+    nat, adv = model(x), model(x_adv)
+    kl = F.kl_div(F.log_softmax(adv.float(), dim=1), F.softmax(nat.float(), dim=1), reduction="batchmean")
+    return LossOutput(F.cross_entropy(nat.float(), y) + beta * kl, adv, nat)
+
+
+def mart_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, beta: float = 6.0) -> LossOutput:
+    """MART: boosted CE on x_adv plus ``beta`` times the KL weighted by the natural misclassification (1 - p_y(x))."""
+    nat, adv = model(x), model(x_adv)
+    adv_probs = F.softmax(adv.float(), dim=1)
+    nat_probs = F.softmax(nat.float(), dim=1)
+    # The most likely wrong class of the adversarial prediction.
+    top2 = adv_probs.topk(2, dim=1).indices
+    wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+    boosted_ce = F.cross_entropy(adv.float(), y) + F.nll_loss(
+        torch.log(_MART_MARGIN - adv_probs + _MART_LOG_EPS), wrong)
+    kl_per_example = F.kl_div(torch.log(adv_probs + _MART_LOG_EPS), nat_probs, reduction="none").sum(dim=1)
+    p_true = nat_probs.gather(1, y[:, None]).squeeze(1)
+    robust = (kl_per_example * (1.0000001 - p_true)).mean()
+    return LossOutput(boosted_ce + beta * robust, adv, nat)
+
+
+def base_loss(method: str, model: nn.Module, x: Tensor, x_adv: Tensor | None, y: Tensor, *,
+              trades_beta: float = 6.0, mart_beta: float = 6.0) -> LossOutput:
+    """Dispatch on ``method`` in {"natural", "at", "trades", "mart"} (AWP passes its base method)."""
+    if method == "natural":
+        return natural_loss(model, x, x_adv, y)
+    if method == "at":
+        return at_loss(model, x, x_adv, y)
+    if method == "trades":
+        return trades_loss(model, x, x_adv, y, trades_beta)
+    if method == "mart":
+        return mart_loss(model, x, x_adv, y, mart_beta)
+    raise ValueError(f"unknown training objective {method!r}; expected natural, at, trades or mart")
+
+
+def training_loss(method: str, model: nn.Module, x: Tensor, x_adv: Tensor | None, y: Tensor, *,
+                  fr: Callable[[Tensor, Tensor], Tensor] | None = None, teacher: nn.Module | None = None,
+                  trades_beta: float = 6.0, mart_beta: float = 6.0) -> tuple[Tensor, Tensor]:
+    """Base objective plus, when ``fr`` is given, the FR term ``fr(teacher_logits, adv_logits)``.
+
+    Parameters
+    ----------
+    fr : usually ``fr_fast.FRLoss(lam, distance, fft)`` (returns lam * fr_loss); None -> no FR term.
+    teacher : None -> FR: the teacher logits are ``model(x)`` (reused when the objective computed them) and
+        gradients flow through both branches, as in Eq. 2. A module -> FR/WA: the weight-averaged teacher,
+        evaluated on x in its current mode under ``torch.no_grad``.
+
+    Returns
+    -------
+    (loss, adv_logits) : float32 scalar and the (B, K) adversarial logits (for running accuracy).
+    """
+    out = base_loss(method, model, x, x_adv, y, trades_beta=trades_beta, mart_beta=mart_beta)
+    loss = out.loss
+    if fr is not None:
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+        else:
+            teacher_logits = out.nat_logits if out.nat_logits is not None else model(x)
+        loss = loss + fr(teacher_logits, out.adv_logits)
+    return loss, out.adv_logits
+
+
+def kl_attack_loss(nat_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """TRADES attack objective: summed KL(p_nat || p(x_adv)) against fixed natural probabilities."""
+    def loss_fn(logits: Tensor, _y: Tensor) -> Tensor:
+        return F.kl_div(F.log_softmax(logits.float(), dim=1), nat_probs, reduction="sum")
+    return loss_fn
+
+
+def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float,
+                      steps: int) -> Tensor:
+    """L-inf PGD examples for training objective ``method``, with the attack of each method's reference code.
+
+    at / natural(+FR): CE, uniform random start, the model left in train mode (Madry; Rice et al.).
+    trades: KL(p(x) || p(x_adv)) from x + 0.001 * N(0, 1), model in eval mode during the attack.
+    mart: CE from x + 0.001 * N(0, 1), model in eval mode during the attack.
+    The model's mode is restored afterwards. Returns x_adv (B, C, H, W) in [0, 1], detached.
+    """
+    from fr_fast.attacks import ce_loss, perturb  # summed CE: 16-bit input gradients do not underflow
+
+    if method in ("natural", "at"):
+        return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps).detach()
+    if method not in ("trades", "mart"):
+        raise ValueError(f"no training attack for method {method!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        x_init = (x + _SMALL_START_STD * torch.randn_like(x)).clamp_(0.0, 1.0)
+        if method == "trades":
+            with torch.no_grad():
+                nat_probs = F.softmax(model(x).float(), dim=1)
+            loss_fn = kl_attack_loss(nat_probs)
+        else:
+            loss_fn = ce_loss
+        x_adv = perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init)
+    finally:
+        model.train(was_training)
+    return x_adv.detach()
+
+
+def make_fr(lam: float, distance: str = "l1", fft: str = "1d") -> nn.Module:
+    """The FR term as a module (``fr_fast.FRLoss``); one place that builds it for the trainer."""
+    return fr_fast.FRLoss(lam=lam, distance=distance, fft=fft)

