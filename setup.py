@@ -1,6 +1,6 @@
 """Build fr_fast and its kernels: a C++ extension always, with the CUDA sources when torch has CUDA and nvcc exists.
 
-Environment: FR_FAST_CPU_ONLY=1 skips CUDA; FR_FAST_NO_EXT=1 builds no extension (pure PyTorch fallback);
+Environment: FR_FAST_CPU_ONLY=1 skips CUDA; FR_FAST_PORTABLE=1 targets baseline x86-64 (no AVX2); FR_FAST_NO_EXT=1 builds no extension (pure PyTorch fallback);
 TORCH_CUDA_ARCH_LIST and CUDA_HOME are read by torch.utils.cpp_extension as usual.
 """
 import glob
@@ -14,6 +14,19 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes")
 
 
+def _simd_flags() -> list[str]:
+    """AVX2/FMA/F16C when the build machine has them (the elementwise kernels run ~3x faster than with
+    the x86-64 baseline's SSE2). FR_FAST_PORTABLE=1 builds for the baseline instead."""
+    if _flag("FR_FAST_PORTABLE"):
+        return []
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma", "-mf16c"] if {"avx2", "fma", "f16c"} <= set(flags) else []
+
+
 def _extensions():
     if _flag("FR_FAST_NO_EXT"):
         return [], {}
@@ -22,7 +35,7 @@ def _extensions():
 
     cpp_sources = sorted(glob.glob("csrc/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/*.cu"))
-    cxx_flags = ["-O3", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp"] + _simd_flags()
     with_cuda = (
         not _flag("FR_FAST_CPU_ONLY")
         and torch.version.cuda is not None

@@ -3,7 +3,7 @@
 
 Run as a script (about a minute on a 2-core CPU)::
 
-    PYTHONPATH=. python benchmarks/bench_heatmap.py [--images 4 16] [--repeats 3] [--device cpu]
+    PYTHONPATH=. python benchmarks/bench_heatmap.py [--images 8] [--repeats 2] [--device cpu]
 
 It prints a table and writes ``benchmarks/results/heatmap_<device>.json``. Under pytest
 (``pytest benchmarks/bench_heatmap.py``) the pytest-benchmark fixtures time a smaller case.
@@ -65,7 +65,7 @@ def run(images: list[int], repeats: int, device: str) -> dict:
                 t, maps[name] = _timed(lambda: sp.fourier_heatmap(model, x, y, NORM, signs=signs, **kw))
                 times[name] = min(times[name], t)
         for name in VARIANTS:
-            rows.append({
+            row = {
                 "images": n,
                 "variant": name,
                 "loop_s": round(times["loop"], 3),
@@ -73,7 +73,10 @@ def run(images: list[int], repeats: int, device: str) -> dict:
                 "speedup": round(times["loop"] / times[name], 2),
                 # agreement with the reference: max |difference| of the error-rate maps
                 "max_abs_diff_vs_loop": float((maps[name] - maps["loop"]).abs().max()),
-            })
+            }
+            rows.append(row)
+            print(f"{row['images']:>6}  {row['variant']:<38}{row['loop_s']:>8.2f}{row['fast_s']:>8.2f}"
+                  f"{row['speedup']:>8.1f}x{row['max_abs_diff_vs_loop']:>10.3f}", flush=True)
     return {
         "benchmark": "fourier_heatmap vs fourier_heatmap_loop",
         "model": f"small_cnn (random init), {CHANNELS}x{SIZE}x{SIZE}, {CLASSES} classes, eps_norm={NORM}",
@@ -87,17 +90,14 @@ def run(images: list[int], repeats: int, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, nargs="+", default=[4, 16])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--images", type=int, nargs="+", default=[8])
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/heatmap_<device>.json)")
     args = p.parse_args(argv)
-    result = run(args.images, args.repeats, args.device)
-    print(f"{result['model']} on {result['device']}, min of {args.repeats} runs")
+    print(f"small_cnn {CHANNELS}x{SIZE}x{SIZE} on {args.device}, min of {args.repeats} runs", flush=True)
     print(f"{'images':>6}  {'variant':<38}{'loop s':>8}{'fast s':>8}{'speedup':>9}{'max|diff|':>10}")
-    for r in result["rows"]:
-        print(f"{r['images']:>6}  {r['variant']:<38}{r['loop_s']:>8.2f}{r['fast_s']:>8.2f}"
-              f"{r['speedup']:>8.1f}x{r['max_abs_diff_vs_loop']:>10.3f}")
+    result = run(args.images, args.repeats, args.device)
     out = args.out or os.path.join(HERE, "results", f"heatmap_{args.device.split(':')[0]}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -81,6 +81,7 @@ class TrainConfig:
     channels_last: Union[bool, str] = "auto"  # auto: on for CUDA, off on CPU (slower there for small convs)
     compile: bool = False
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    cpu_threads: Union[int, None] = None   # torch.set_num_threads for this run (None: leave as is)
     # run
     seed: int = 0
     deterministic: bool = False

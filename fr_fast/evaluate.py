@@ -107,8 +107,8 @@ class _Tally:
 def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha: float | None = None,
              attacks: Sequence[str] = DEFAULT_ATTACKS, n_examples: int | None = None, batch_size: int = 256,
              aa_version: str = "standard", aa_steps: int = 100, restarts: int = 1, eps_curve: bool = True,
-             curve_examples: int = 500, device: str | torch.device | None = None, seed: int = 0,
-             progress: bool = True) -> dict:
+             curve_examples: int = 500, curve_steps: int = 20, device: str | torch.device | None = None,
+             seed: int = 0, progress: bool = True) -> dict:
     """Robust accuracy of ``model`` under several L-inf attacks, plus sanity checks.
 
     Parameters
@@ -123,8 +123,9 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha:
     aa_version : AutoAttack version ("standard" | "fast" | "rand")
     aa_steps : APGD/FAB iterations of AutoAttack (official: 100; fewer only for quick checks)
     restarts : PGD/CW restarts
-    eps_curve : also run PGD-20 at eps * (0, 1/4, 1/2, 1, 2) and at eps = 0.5 on the first
-        ``curve_examples`` examples (the monotonicity and large-eps checks)
+    eps_curve : also run PGD at eps * (0, 1/4, 1/2, 1, 2) (alpha = eps / 4) and at eps = 0.5 on the
+        first ``curve_examples`` examples (the monotonicity and large-eps checks)
+    curve_steps : PGD steps of those curve attacks (20)
     device : where to run; None -> the model's device
     seed : seeds the attacks' random starts (the caller's RNG state is restored afterwards)
     progress : tqdm progress bar
@@ -150,8 +151,9 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha:
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"attacks has duplicates: {list(attacks)}")
     curve_eps = [eps * f for f in CURVE_FRACTIONS] if eps_curve else []
-    curve_specs = [attack_spec("pgd20", e, max(e / 4, 1e-6)) for e in curve_eps]
-    large_spec = attack_spec("pgd20", LARGE_EPS, LARGE_EPS / 4) if eps_curve else None
+    curve_attack = f"pgd{curve_steps}"
+    curve_specs = [attack_spec(curve_attack, e, max(e / 4, 1e-6)) for e in curve_eps]
+    large_spec = attack_spec(curve_attack, LARGE_EPS, LARGE_EPS / 4)
     batches, limit = _batches(data, n_examples, batch_size)
 
     tallies = {s.name: _Tally() for s in specs}
@@ -175,7 +177,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha:
                 tallies[spec.name].seconds += time.perf_counter() - t0
                 tallies[spec.name].correct += int(correct.sum())
                 tallies[spec.name].per_example.append(correct.cpu())
-            if curve_seen < curve_examples:
+            if eps_curve and curve_seen < curve_examples:
                 xc, yc = x[: curve_examples - curve_seen], y[: curve_examples - curve_seen]
                 for i, spec in enumerate(curve_specs):
                     curve_correct[i] += int(_correct(model, spec.run(model, xc, yc), yc).sum())
@@ -200,8 +202,9 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha:
         report["worst_case"] = _pct(int(survivors.sum()), seen)
     if eps_curve:
         report["eps_curve"] = {"eps": curve_eps, "accuracy": [_pct(c, curve_seen) for c in curve_correct],
-                               "attack": "pgd20", "alpha": "eps / 4", "n_examples": curve_seen}
-        report["large_eps"] = {"eps": LARGE_EPS, "accuracy": _pct(large_correct, curve_seen), "attack": "pgd20"}
+                               "attack": curve_attack, "alpha": "eps / 4", "n_examples": curve_seen}
+        report["large_eps"] = {"eps": LARGE_EPS, "accuracy": _pct(large_correct, curve_seen),
+                               "attack": curve_attack}
     report["checks"], report["warnings"] = sanity_checks(report)
     report["seconds"] = time.perf_counter() - start
     for message in report["warnings"]:
@@ -271,7 +274,7 @@ def format_table(report: dict) -> str:
     if "eps_curve" in report:
         c = report["eps_curve"]
         points = "  ".join(f"{e * 255:.1f}:{a:.1f}" for e, a in zip(c["eps"], c["accuracy"]))
-        lines.append(f"eps curve (x/255: acc %, PGD-20, n = {c['n_examples']}): {points}")
+        lines.append(f"eps curve (x/255: acc %, {c['attack']}, n = {c['n_examples']}): {points}")
         lines.append(f"large eps {report['large_eps']['eps']}: {report['large_eps']['accuracy']:.2f} %")
     lines.append("checks: " + ", ".join(f"{k}={'ok' if v else 'FAIL'}" for k, v in report["checks"].items()))
     return "\n".join(lines)
@@ -318,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     eps = cfg["eps"] if args.eps is None else args.eps
     report = evaluate(model, dataset, eps=eps, alpha=args.alpha, attacks=[a for a in args.attacks.split(",") if a],
                       n_examples=args.n_examples, batch_size=args.batch_size, aa_version=args.aa_version,
-                      aa_steps=args.aa_steps, restarts=args.restarts, eps_curve=not args.no_eps_curve, device=device, seed=args.seed,
-                      progress=not args.no_progress)
+                      aa_steps=args.aa_steps, restarts=args.restarts, eps_curve=not args.no_eps_curve,
+                      device=device, seed=args.seed, progress=not args.no_progress)
     report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"))
     print(format_table(report))
     if args.out:

@@ -111,8 +111,10 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     _check_pair("fr_loss", ("teacher_logits", teacher_logits), ("adv_logits", adv_logits))
     if fft == "2d" and (distance != "l1" or reduction == "none"):
         raise ValueError("fft='2d' (the authors' code) supports distance='l1' with reduction 'mean' or 'sum' only")
-    dtype = torch.promote_types(teacher_logits.dtype, adv_logits.dtype)
-    teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
+    dtype = teacher_logits.dtype
+    if adv_logits.dtype != dtype:
+        dtype = torch.promote_types(dtype, adv_logits.dtype)
+        teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
     if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
@@ -230,7 +232,7 @@ def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float) -> Tensor:
 # ------------------------------------------------------------------------- torch.library registration
 
 def _register_library_functions() -> None:
-    """Fake (meta) implementations for torch.compile and the autograd formula of fr_l1."""
+    """Fake (meta) implementations for torch.compile (fr_l1's autograd is registered in C++)."""
 
     @torch.library.register_fake("fr_fast::fr_l1")
     def _(teacher: Tensor, adv: Tensor, reduction: int) -> Tensor:
@@ -250,18 +252,6 @@ def _register_library_functions() -> None:
     @torch.library.register_fake("fr_fast::add_clip_")
     def _(x_adv: Tensor, x_nat: Tensor) -> None:
         return None
-
-    def setup_context(ctx, inputs, output) -> None:
-        teacher, adv, reduction = inputs
-        ctx.save_for_backward(teacher, adv)
-        ctx.reduction = reduction
-
-    def backward(ctx, grad: Tensor):
-        teacher, adv = ctx.saved_tensors
-        grad_teacher, grad_adv = torch.ops.fr_fast.fr_l1_backward(grad, teacher, adv, ctx.reduction)
-        return grad_teacher, grad_adv, None
-
-    torch.library.register_autograd("fr_fast::fr_l1", backward, setup_context=setup_context)
 
 
 if EXTENSION_ERROR is None:

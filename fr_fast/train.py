@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from fr_fast.averaging import AWP, WeightAverage
 from fr_fast.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -157,7 +158,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     rank, world, local_rank, own_group = _init_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)
     is_main = rank == 0
-    previous_det = torch.are_deterministic_algorithms_enabled()
+    previous_det, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -239,8 +242,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "best_val_pgd": best_pgd, "best_epoch": best_epoch, "history": history}
 
         # ---- epochs --------------------------------------------------------------------------------------
-        from tqdm.auto import tqdm
-
+        if is_main:  # metrics.jsonl mirrors the checkpoint's history (fresh run: empty; resume: up to its epoch)
+            with open(out_dir / "metrics.jsonl", "w") as fh:
+                fh.writelines(json.dumps(h) + "\n" for h in history)
         run_start = time.perf_counter()
         for epoch in range(start_epoch, cfg.epochs):
             seed_everything(_mix_seed(cfg.seed, epoch, rank))
@@ -332,12 +336,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     save_checkpoint(state, out_dir / "best.pt")
                 with open(out_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(metrics) + "\n")
-                if cfg.progress:
-                    val = (f" | val clean {metrics['val_clean']:.2f}% PGD-{cfg.eval_pgd_steps} {metrics['val_pgd']:.2f}%"
-                           if "val_pgd" in metrics else "")
-                    print(f"epoch {epoch + 1:3d}/{cfg.epochs} | lr {lr_used:.4g} | loss {metrics['train_loss']:.4f} "
-                          f"| train acc {metrics['train_acc']:.2f}% | {metrics['images_per_s']:.0f} img/s{val}",
-                          flush=True)
+                val = (f" | val clean {metrics['val_clean']:.2f}% PGD-{cfg.eval_pgd_steps} {metrics['val_pgd']:.2f}%"
+                       if "val_pgd" in metrics else "")
+                print(f"epoch {epoch + 1:3d}/{cfg.epochs} | lr {lr_used:.4g} | loss {metrics['train_loss']:.4f} "
+                      f"| train acc {metrics['train_acc']:.2f}% | {metrics['images_per_s']:.0f} img/s{val}",
+                      flush=True)
             if world > 1:
                 dist.barrier()
 
@@ -345,11 +348,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                    "history": history, "out_dir": str(out_dir), "last_checkpoint": str(out_dir / "last.pt"),
                    "best_checkpoint": str(out_dir / "best.pt") if best_epoch > 0 else None,
                    "total_time_s": time.perf_counter() - run_start, "rank": rank, "world_size": world}
-        if is_main and cfg.progress:
+        if is_main:
             print(summary_table(cfg, summary), flush=True)
+        summary["model"] = model  # the trained student (unwrapped), for programmatic use
         return summary
     finally:
         torch.use_deterministic_algorithms(previous_det)
+        torch.set_num_threads(previous_threads)
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
 

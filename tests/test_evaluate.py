@@ -38,12 +38,13 @@ def mnist():
 def test_report_on_a_trained_model(mnist):
     model, data = mnist
     report = ev.evaluate(model, data, eps=EPS, attacks=("clean", "pgd10", "cw10", "aa"), aa_version="fast",
-                         aa_steps=10, batch_size=64, curve_examples=100, progress=False)
+                         aa_steps=5, n_examples=100, batch_size=64, curve_examples=60, curve_steps=10,
+                         progress=False)
     x, y = data.tensors
     with torch.no_grad():
-        clean = 100 * (model(x).argmax(1) == y).float().mean().item()
+        clean = 100 * (model(x[:100]).argmax(1) == y[:100]).float().mean().item()
     acc = {name: row["accuracy"] for name, row in report["attacks"].items()}
-    assert report["n_examples"] == 200
+    assert report["n_examples"] == 100
     assert acc["clean"] == pytest.approx(clean)
     assert acc["pgd10"] < acc["clean"] - 20  # the attacks bite
     assert acc["aa"] <= acc["pgd10"] + 3
@@ -54,7 +55,8 @@ def test_report_on_a_trained_model(mnist):
     assert report["attacks"]["aa"]["settings"]["version"] == "fast"
     curve = report["eps_curve"]
     assert curve["eps"] == pytest.approx([0, EPS / 4, EPS / 2, EPS, 2 * EPS])
-    assert curve["accuracy"][0] == pytest.approx(100 * (model(x[:100]).argmax(1) == y[:100]).float().mean().item())
+    assert curve["n_examples"] == 60 and curve["attack"] == "pgd10"
+    assert curve["accuracy"][0] == pytest.approx(100 * (model(x[:60]).argmax(1) == y[:60]).float().mean().item())
     assert all(a >= b for a, b in zip(curve["accuracy"], curve["accuracy"][1:]))
     assert report["large_eps"]["accuracy"] <= 2.0
     assert report["checks"] == {"robust_le_clean": True, "monotone_in_eps": True, "large_eps_breaks": True,
@@ -123,8 +125,8 @@ def test_warnings_reach_the_report_for_a_masked_model(mnist):
     # everywhere: gradient attacks stall, so the large-eps check must fire.
     model, data = mnist
     masked = nn.Sequential(_Quantise(), copy.deepcopy(model)).eval()
-    report = ev.evaluate(masked, data, eps=EPS, attacks=("clean", "pgd5"), n_examples=50, curve_examples=50,
-                         progress=False)
+    report = ev.evaluate(masked, data, eps=EPS, attacks=("clean", "pgd5"), n_examples=40, curve_examples=40,
+                         curve_steps=3, progress=False)
     assert report["checks"]["large_eps_breaks"] is False
     assert any("gradient masking" in w for w in report["warnings"])
 
