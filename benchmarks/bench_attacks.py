@@ -1,6 +1,7 @@
 """PGD-20 attack throughput (images/s): the fused training path versus the reference path.
 
-    python benchmarks/bench_attacks.py [--device cpu|cuda] [--batch-size 64] [--reps 2] [--models small_cnn,resnet18]
+    python benchmarks/bench_attacks.py [--device cpu|cuda] [--batch-size B] [--reps 2] [--threads N]
+                                       [--models small_cnn,resnet18] [--channels-last]
 
 * fused: ``fr_fast.attacks.perturb`` -- parameters frozen during the attack, ``fr_fast.pgd_step_``.
 * reference: the same loop written the plain way -- parameters left requiring grad,
@@ -14,6 +15,7 @@ benchmarks/results/attacks_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -28,6 +30,10 @@ from fr_fast.models import build_model
 from common import machine, write_results
 
 EPS, ALPHA = 8 / 255, 2 / 255
+# CPU defaults keep the whole script under ~3 minutes on a 2-core machine (ResNet18 PGD-20 runs at
+# ~1-2 img/s there); on CUDA both models use 128.
+CPU_BATCH = {"small_cnn": 128, "resnet18": 32}
+CUDA_BATCH = 128
 
 
 def reference_pgd(model, x, y, steps):
@@ -82,23 +88,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", default="small_cnn,resnet18")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"default: {CPU_BATCH} on CPU, {CUDA_BATCH} on CUDA")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is steadier on a shared machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    rows = [bench_model(name, args.device, args.batch_size, args.steps, args.reps, args.channels_last)
+    def batch_for(name: str) -> int:
+        if args.batch_size:
+            return args.batch_size
+        return CUDA_BATCH if args.device == "cuda" else CPU_BATCH.get(name, 64)
+
+    rows = [bench_model(name, args.device, batch_for(name), args.steps, args.reps, args.channels_last)
             for name in args.models.split(",")]
     info = machine(args.device)
     info["backend"] = fr_fast.backend(args.device)
-    lines = [f"PGD-{args.steps} throughput, 32x32x3, batch {args.batch_size}, best of {args.reps} "
-             f"(device {args.device}, backend {info['backend']}, {info['cpu_count']} CPUs, {info['threads']} threads"
+    info["load_avg_1min"] = os.getloadavg()[0]  # other jobs on the machine distort CPU numbers
+    lines = [f"PGD-{args.steps} throughput, 32x32x3, best of {args.reps} "
+             f"(device {args.device}, backend {info['backend']}, {info['cpu_count']} CPUs, {info['threads']} threads, "
+             f"load average {info['load_avg_1min']:.1f}"
              + (f", {info['gpu']}" if "gpu" in info else "") + ")", "",
-             "| model | fused img/s | reference img/s | speedup | fused / reference median img/s |",
-             "|---|---:|---:|---:|---:|"]
+             "| model | batch | fused img/s | reference img/s | speedup | fused / reference median img/s |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['fused_img_per_s']:.1f} | {r['reference_img_per_s']:.1f} | "
+        lines.append(f"| {r['model']} | {r['batch']} | {r['fused_img_per_s']:.1f} | {r['reference_img_per_s']:.1f} | "
                      f"{r['speedup']:.2f}x | {r['fused_img_per_s_median']:.1f} / {r['reference_img_per_s_median']:.1f} |")
     table = "\n".join(lines) + "\n"
     print(table)

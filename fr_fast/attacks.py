@@ -77,8 +77,10 @@ def _per_example_loss(name: str, logits: Tensor, y: Tensor) -> Tensor:
 def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
     """Turn ``requires_grad`` off on every parameter for the duration of the block, then restore each flag.
 
-    While attacking only the input gradient is needed: frozen parameters spare the weight-gradient
-    kernels and guarantee that no ``.grad`` is written (some attacks call ``backward``).
+    While attacking only the input gradient is needed. ``torch.autograd.grad(loss, x_adv)`` already
+    skips the weight-gradient kernels (measured: same time frozen or not), so the point is safety:
+    no ``.grad`` is ever written, even by attacks that call ``backward`` (torchattacks' FAB does), and
+    a ``backward()`` by mistake cannot leak attack gradients into the optimiser step.
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]

