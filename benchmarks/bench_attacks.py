@@ -8,7 +8,7 @@
   ``fr_fast.reference.pgd_step_`` (a clamp chain), a new x_adv tensor every step.
 
 Both run PGD-20 (eps 8/255, alpha 2/255, random start) on 32x32x3 inputs with the model in eval
-mode, alternating fused/reference each repetition so both see the same machine load; the table
+mode, alternating fused/reference (order flipped every repetition) so both see the same machine load; the table
 gives the best repetition (and the median). Prints a Markdown table and writes
 benchmarks/results/attacks_<device>.{json,md}.
 """
@@ -71,8 +71,9 @@ def bench_model(name: str, device: str, batch: int, steps: int, reps: int, chann
     for fn in paths.values():  # warm-up: allocator, lazy init, cudnn autotuning
         fn(model, x, y, 2)
     seconds = {path: [] for path in paths}
-    for _ in range(reps):
-        for path, fn in paths.items():
+    for rep in range(reps):
+        order = list(paths.items()) if rep % 2 == 0 else list(paths.items())[::-1]  # no first-runner bias
+        for path, fn in order:
             seconds[path].append(_timed(lambda: fn(model, x, y, steps), device))
     row = {"model": name, "batch": batch, "steps": steps, "reps": reps, "channels_last": channels_last}
     for path, values in seconds.items():

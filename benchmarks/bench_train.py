@@ -259,10 +259,10 @@ def load_average() -> list[float] | None:
 
 def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> list[dict]:
     batch = args.batch if model_name == "small_cnn" else args.resnet_batch
-    ablation = method == "at" and not args.no_ablation
+    ablation = method == "at" and not args.no_ablation and not (args.quick and model_name != "small_cnn")
     steps = candidates(method, model_name, args.device, ablation=ablation,
                        with_compile=args.compile and method == "at",
-                       trainer_defaults=ablation and args.device == "cpu")
+                       trainer_defaults=ablation and args.device == "cpu" and model_name == "small_cnn")
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *IMAGE_SHAPE, generator=g).to(args.device)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(args.device)
@@ -322,29 +322,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="small_cnn,resnet18")
     parser.add_argument("--batch", type=int, default=128, help="batch of the small CNN (and of resnet18 on CUDA)")
     parser.add_argument("--resnet-batch", type=int, default=None,
-                        help="batch of resnet18 (default 128 on CUDA, 16 on CPU: one batch-128 reference step "
+                        help="batch of resnet18 (default 128 on CUDA, 8 on CPU: one batch-128 reference step "
                              "takes minutes on 2 cores)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (common.compare)")
-    parser.add_argument("--heavy-rounds", type=int, default=3, help="rounds for steps slower than 1 s")
+    parser.add_argument("--heavy-rounds", type=int, default=2, help="rounds for steps slower than 1 s")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="add the torch.compile row (slow to warm up on CPU)")
     parser.add_argument("--no-ablation", action="store_true", help="only reference, fr_fast (and compile) rows")
-    parser.add_argument("--no-trades", action="store_true", help="skip the TRADES+FR rows")
+    parser.add_argument("--trades-models", default=None,
+                        help="models with TRADES+FR rows (default: all on CUDA, small_cnn on CPU; '' = none)")
     parser.add_argument("--attack-check", action=argparse.BooleanOptionalAction, default=None,
                         help="run the fp32-vs-bf16 attack-strength check (default: on for CPU; needs mlxtend)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--tag", default="", help="suffix of the result files: train_<device>_<tag>")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: batch 16 / 4, 2 rounds, no compile, no attack check, nothing written")
+                        help="smoke run: batch 16 (resnet18: 2, no ablation), 2 rounds, no compile, no attack check, "
+                             "nothing written")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resnet_batch is None:
-        args.resnet_batch = 128 if args.device == "cuda" else 16
+        args.resnet_batch = 128 if args.device == "cuda" else 8
+    if args.trades_models is None:
+        args.trades_models = args.models if args.device == "cuda" else "small_cnn"
     if args.quick:
-        args.batch, args.resnet_batch, args.rounds, args.heavy_rounds = 16, 4, 2, 1
+        args.batch, args.resnet_batch, args.rounds, args.heavy_rounds = 16, 2, 2, 1
         args.compile, args.attack_check = False, False
     if args.attack_check is None:
         args.attack_check = args.device == "cpu"
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
     rows: list[dict] = []
     for model_name in args.models.split(","):
-        for method in ("at",) if args.no_trades else ("at", "trades"):
+        for method in ("at", "trades") if model_name in args.trades_models.split(",") else ("at",):
             rows += bench_model(args, model_name, method, peaks)
     attack = attack_strength(args.device) if args.attack_check else None
     if attack:

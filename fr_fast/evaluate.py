@@ -104,7 +104,7 @@ class _Tally:
     per_example: list = field(default_factory=list)
 
 
-def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha: float | None = None,
+def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: float | None = None,
              attacks: Sequence[str] = DEFAULT_ATTACKS, n_examples: int | None = None, batch_size: int = 256,
              aa_version: str = "standard", aa_steps: int = 100, restarts: int = 1, eps_curve: bool = True,
              curve_examples: int = 500, curve_steps: int = 20, device: str | torch.device | None = None,
@@ -114,7 +114,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha:
     Parameters
     ----------
     model : nn.Module mapping (B, C, H, W) images in [0, 1] to (B, K) logits
-    data : a Dataset of (x, y) items or a DataLoader of (x, y) batches (x in [0, 1])
+    data : a map-style Dataset of (x, y) items, or any iterable of (x, y) batches (DataLoader,
+        ``fr_fast.data.make_loader``'s loader, a list); x in [0, 1]
     eps : L-inf radius (paper: 8/255; MNIST-like data commonly 0.3)
     alpha : PGD/CW step size; None -> eps / 4 (2/255 at eps = 8/255, as in the paper)
     attacks : names, see :func:`attack_spec`; default clean, pgd20, pgd50, cw (30 steps), aa
@@ -144,7 +145,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float, alpha:
     if n_examples is not None and n_examples < 1:
         raise ValueError(f"n_examples must be >= 1 or None, got {n_examples}")
     if device is None:
-        device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
     specs = [attack_spec(name, eps, alpha, aa_version=aa_version, aa_steps=aa_steps, restarts=restarts)
              for name in attacks]
