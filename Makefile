@@ -14,7 +14,6 @@ export MAX_JOBS ?= 2
 
 $(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@

@@ -13,7 +13,7 @@
 #include <mutex>
 #include <vector>
 
-#include "fr_common.h"
+#include "fr_host.h"
 
 namespace fr_fast {
 namespace {
@@ -185,23 +185,6 @@ void fr_l1_grad_small(const at::Tensor& teacher, const at::Tensor& adv, const Ba
   }
 }
 
-at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
-  if (reduction == kMean) return rows.mean();
-  if (reduction == kSum) return rows.sum();
-  return rows;
-}
-
-void check_logits(const char* op, const at::Tensor& teacher, const at::Tensor& adv) {
-  TORCH_CHECK(teacher.dim() == 2 && teacher.sizes() == adv.sizes(), op,
-              ": expected two (B, C) tensors of the same shape, got ", teacher.sizes(), " and ", adv.sizes());
-  TORCH_CHECK(teacher.scalar_type() == adv.scalar_type(), op, ": teacher and adv dtypes differ");
-  TORCH_CHECK(teacher.device() == adv.device(), op, ": teacher and adv are on different devices");
-}
-
-at::ScalarType accumulation_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Forward: [Re | -Im] = (a - b) @ basis in one GEMM, then the weighted L1 of each row.
 at::Tensor fr_l1_cpu(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
   check_logits("fr_l1", teacher, adv);
@@ -230,22 +213,20 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cpu(const at::Tensor& grad, co
   at::Tensor grad_teacher = at::empty({B, C}, teacher.options());
   at::Tensor grad_adv = at::empty({B, C}, adv.options());
   if (B == 0 || C == 0) return {grad_teacher, grad_adv};
-  const at::Tensor grad_acc = grad.to(accumulation_dtype(teacher));
-  TORCH_CHECK(reduction == kNone ? grad_acc.numel() == B : grad_acc.numel() == 1,
-              "fr_l1_backward: grad has ", grad_acc.numel(), " elements for batch ", B);
+  const Upstream upstream = upstream_gradient(grad, teacher, reduction);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const Basis& basis = basis_for(C, accumulation_dtype(teacher));
-    // The upstream gradient: one value per row (reduction none, possibly strided) or one scalar.
-    const int64_t g_stride = reduction == kNone ? grad_acc.stride(0) : 0;
-    const acc_t g_scale = reduction == kMean ? acc_t(1) / static_cast<acc_t>(B) : acc_t(1);
+    const acc_t* g = upstream.values.const_data_ptr<acc_t>();
+    const int64_t g_stride = upstream.stride;
+    const acc_t g_scale = static_cast<acc_t>(upstream.scale);
     if (is_small(B, C)) {
-      fr_l1_grad_small<scalar_t>(teacher, adv, basis, grad_acc.const_data_ptr<acc_t>(), g_stride, g_scale,
+      fr_l1_grad_small<scalar_t>(teacher, adv, basis, g, g_stride, g_scale,
                                  grad_teacher.mutable_data_ptr<scalar_t>(), grad_adv.mutable_data_ptr<scalar_t>());
       return;
     }
     at::Tensor projections = at::mm(difference<scalar_t>(teacher, adv), basis.matrix);
-    signs_times_grad<acc_t>(projections, basis.weight, grad_acc.const_data_ptr<acc_t>(), g_stride, g_scale);
+    signs_times_grad<acc_t>(projections, basis.weight, g, g_stride, g_scale);
     const at::Tensor gd = at::mm(projections, basis.matrix.t());
     write_gradients<scalar_t>(gd, grad_teacher.mutable_data_ptr<scalar_t>(), grad_adv.mutable_data_ptr<scalar_t>());
   });

@@ -8,7 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "fr_common.h"
+#include "fr_host.h"
 
 namespace fr_fast {
 namespace {
@@ -118,17 +118,6 @@ __global__ void fr_l1_backward_kernel(const acc_t* grad, int64_t g_stride, acc_t
   }
 }
 
-void check_logits(const char* op, const at::Tensor& teacher, const at::Tensor& adv) {
-  TORCH_CHECK(teacher.dim() == 2 && teacher.sizes() == adv.sizes(), op,
-              ": expected two (B, C) tensors of the same shape, got ", teacher.sizes(), " and ", adv.sizes());
-  TORCH_CHECK(teacher.scalar_type() == adv.scalar_type(), op, ": teacher and adv dtypes differ");
-  TORCH_CHECK(teacher.device() == adv.device(), op, ": teacher and adv are on different devices");
-}
-
-at::ScalarType accumulation_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 size_t shared_bytes_for(int64_t C, size_t acc_size, bool backward) {
   const int64_t values = C + (backward ? 2 * num_half_bins(C) : 0);
   const size_t bytes = static_cast<size_t>(values) * acc_size;
@@ -141,7 +130,8 @@ at::Tensor fr_l1_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t 
   check_logits("fr_l1", teacher, adv);
   const c10::cuda::CUDAGuard guard(teacher.device());
   const int64_t B = teacher.size(0), C = teacher.size(1);
-  at::Tensor rows = at::zeros({B}, teacher.options().dtype(accumulation_dtype(teacher)));
+  at::Tensor rows = at::empty({B}, teacher.options().dtype(accumulation_dtype(teacher)));
+  if (C == 0) rows.zero_();
   if (B > 0 && C > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_cuda", [&] {
       using acc_t = acc_of<scalar_t>;
@@ -152,9 +142,7 @@ at::Tensor fr_l1_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  if (reduction == kMean) return rows.mean();
-  if (reduction == kSum) return rows.sum();
-  return rows;
+  return reduce_rows(rows, reduction);
 }
 
 std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cuda(const at::Tensor& grad, const at::Tensor& teacher,
@@ -165,16 +153,15 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cuda(const at::Tensor& grad, c
   at::Tensor grad_teacher = at::empty({B, C}, teacher.options());
   at::Tensor grad_adv = at::empty({B, C}, adv.options());
   if (B == 0 || C == 0) return {grad_teacher, grad_adv};
-  const at::Tensor grad_acc = grad.to(accumulation_dtype(teacher));
-  TORCH_CHECK(reduction == kNone ? grad_acc.numel() == B : grad_acc.numel() == 1,
-              "fr_l1_backward: grad has ", grad_acc.numel(), " elements for batch ", B);
+  const Upstream upstream = upstream_gradient(grad, teacher, reduction);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_backward_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     const size_t shared = shared_bytes_for(C, sizeof(acc_t), true);
-    const int64_t g_stride = reduction == kNone ? grad_acc.stride(0) : 0;
-    const acc_t g_scale = reduction == kMean ? acc_t(1) / static_cast<acc_t>(B) : acc_t(1);
+    const acc_t* g = upstream.values.const_data_ptr<acc_t>();
+    const int64_t g_stride = upstream.stride;
+    const acc_t g_scale = static_cast<acc_t>(upstream.scale);
     fr_l1_backward_kernel<scalar_t, acc_t><<<B, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
-        grad_acc.const_data_ptr<acc_t>(), g_stride, g_scale, teacher.const_data_ptr<scalar_t>(),
+        g, g_stride, g_scale, teacher.const_data_ptr<scalar_t>(),
         adv.const_data_ptr<scalar_t>(), teacher.stride(0), teacher.stride(1), adv.stride(0), adv.stride(1), C,
         grad_teacher.mutable_data_ptr<scalar_t>(), grad_adv.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

