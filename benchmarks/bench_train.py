@@ -13,8 +13,10 @@ with ``torch.compile``. All candidates of one model are timed in alternating rou
 
 MFU: the FLOPs of one fr_fast step (``torch.utils.flop_counter.FlopCounterMode``; the useful work, the
 same for every row) times the measured steps/s, as a fraction of the matmul peak measured in the same
-run (fp32 peak for float32 rows, bf16 peak for autocast rows). The reference step itself executes more
-FLOPs (weight gradients in every attack step); that count is reported as well.
+run (fp32 peak for float32 rows, bf16 peak for autocast rows; the best ``torch.mm`` rate of two sizes,
+before and after the steps). The reference step itself executes more FLOPs (weight gradients in every
+attack step); that count is reported as well. On CPU, oneDNN's convolutions can beat ``torch.mm``, so an
+MFU above 100 % means the mm "peak" under-estimates the machine, not a counting error.
 
 Also: the attack-strength check -- PGD-20 robust accuracy of one fixed model (a small CNN adversarially
 trained on the embedded MNIST subset for one epoch) under the float32 attack and under the autocast-bf16
@@ -194,12 +196,18 @@ class _GlobalOnly:
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int) -> float:
-    """Measured FLOP/s of an n x n x n ``torch.mm`` (the machine's practical matmul peak)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    stmt = "torch.mm(a, b); sync()"
-    t = Timer(stmt=stmt, globals={"torch": torch, "a": a, "b": b, "sync": lambda: sync(device)})
-    return 2 * n ** 3 / t.blocked_autorange(min_run_time=1.0).median
+    """Measured FLOP/s of ``torch.mm``: the best of n/2 and n square sizes (the machine's practical peak)."""
+    best = 0.0
+    for size in (n // 2, n):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        t = Timer(stmt="torch.mm(a, b); sync()", globals={"torch": torch, "a": a, "b": b, "sync": lambda: sync(device)})
+        best = max(best, 2 * size ** 3 / t.blocked_autorange(min_run_time=1.0).median)
+    return best
+
+
+def measure_peaks(device: str, n: int) -> dict[str, float]:
+    return {"fp32": matmul_peak(device, torch.float32, n), "bf16": matmul_peak(device, torch.bfloat16, n)}
 
 
 # --------------------------------------------------------------------------------- attack strength
@@ -357,13 +365,22 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = load_average()
-    n = 1024 if args.quick else (4096 if args.device == "cuda" else 2048)
-    peaks = {"fp32": matmul_peak(args.device, torch.float32, n), "bf16": matmul_peak(args.device, torch.bfloat16, n)}
+    n = 1024 if args.quick else (8192 if args.device == "cuda" else 3072)
+    # Measured before and after the steps (the best of both): on a shared machine one reading can be low.
+    peaks = measure_peaks(args.device, n)
     print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
     rows: list[dict] = []
     for model_name in args.models.split(","):
         for method in ("at", "trades") if model_name in args.trades_models.split(",") else ("at",):
             rows += bench_model(args, model_name, method, peaks)
+    peaks_after = measure_peaks(args.device, n)
+    print(f"matmul peak after the steps: fp32 {peaks_after['fp32'] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {peaks_after['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
+    if any(peaks_after[k] > peaks[k] for k in peaks):  # MFU is relative to the best reading of the peak
+        best = {k: max(peaks[k], peaks_after[k]) for k in peaks}
+        for r in rows:
+            r["mfu"] *= peaks[r["peak"]] / best[r["peak"]]
+        peaks = best
     attack = attack_strength(args.device) if args.attack_check else None
     if attack:
         print(f"attack strength: clean {attack['clean_acc']:.1f} %  PGD-20 fp32 {attack['pgd20_fp32_acc']:.1f} %  "

@@ -43,3 +43,29 @@ def test_train_step(benchmark, impl, method):
     step = _step(impl, method)
     loss = benchmark.pedantic(step, args=(x, y), rounds=3, warmup_rounds=1)
     assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("features", [ref.BASELINE, ref.Features(True, True, True, True)], ids=["baseline", "all"])
+@pytest.mark.parametrize("method", ["at", "trades"])
+def test_reference_attack_is_a_valid_stronger_input(features, method):
+    """The baseline's attack stays in the eps-ball and [0, 1], raises the loss, and restores the model."""
+    torch.manual_seed(0)
+    model = make_model("small_cnn", "cpu", channels_last=features.channels_last)
+    x = torch.rand(BATCH, 3, 32, 32)
+    y = torch.randint(0, 10, (BATCH,))
+    if method == "at":
+        x_adv = ref.attack_at(model, x, y, steps=5, features=features)
+    else:
+        x_adv = ref.attack_trades(model, x, steps=5, features=features)
+    assert (x_adv - x).abs().max() <= ref.EPS + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+    model.eval()
+    with torch.no_grad():
+        if method == "at":
+            before, after = (torch.nn.functional.cross_entropy(model(v), y).item() for v in (x, x_adv))
+        else:
+            p_nat = torch.softmax(model(x), 1)
+            before, after = (torch.nn.functional.kl_div(torch.log_softmax(model(v), 1), p_nat, reduction="sum").item()
+                             for v in (x + 1e-3 * torch.randn_like(x), x_adv))
+    assert after > before

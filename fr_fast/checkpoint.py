@@ -4,7 +4,7 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 with ``weights_only=True``): ``format``, ``version``, ``config`` (``asdict(TrainConfig)``), ``model_kwargs``
 (what :func:`fr_fast.models.build_model` needs), ``model`` (the student's state dict), ``teacher`` (weight
 average or None), ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` (epochs completed),
-``best_val_pgd`` and ``history`` (per-epoch metrics).
+``best_val_score`` (of the ``selected_by`` metric) and ``history`` (per-epoch metrics).
 """
 from __future__ import annotations
 

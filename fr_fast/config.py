@@ -89,6 +89,8 @@ class TrainConfig:
     resume: Union[str, None] = None        # None | "last" (out_dir/last.pt) | a checkpoint path
     val_every: int = 1
     eval_pgd_steps: int = 20
+    select_by: str = "auto"                # best.pt by "pgd" (val PGD) or "clean" (val clean); auto: clean
+                                           # for natural training without FR (its PGD accuracy is ~0), else pgd
     max_train_batches: Union[int, None] = None  # cap per epoch (tiny tests, benchmarks)
     max_val_batches: Union[int, None] = None
     progress: bool = True                  # tqdm bars (rank 0 only)
@@ -100,6 +102,7 @@ class TrainConfig:
         _check_choice("distance", self.distance, ("l1", "l2", "cosine"))
         _check_choice("fft", self.fft, ("1d", "2d"))
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
         if isinstance(self.channels_last, str):
             _check_choice("channels_last", self.channels_last, ("auto",))
         for name in ("lam", "eps", "alpha", "lr", "momentum", "weight_decay", "trades_beta", "mart_beta",
@@ -127,6 +130,12 @@ class TrainConfig:
     def resolved_wa_start(self) -> int:
         """Epoch index at which the weight average starts (None -> the first lr milestone)."""
         return self._first_milestone() if self.wa_start_epoch is None else self.wa_start_epoch
+
+    def resolved_select_by(self) -> str:
+        """The validation metric that picks best.pt: "val_pgd" or "val_clean"."""
+        if self.select_by == "auto":
+            return "val_clean" if self.method == "natural" and self.fr == "none" else "val_pgd"
+        return f"val_{self.select_by}"
 
     @property
     def uses_wa(self) -> bool:

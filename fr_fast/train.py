@@ -12,7 +12,7 @@ on CPU).
 
 Paper choices (sec. 5 and appendix A.3/A.6): SGD momentum 0.9, wd 5e-4 (2e-4 TRADES/MART), batch 128,
 lr 0.1 decayed x0.1 at epochs 75 and 90 of 100, PGD-10 with alpha 2/255 and eps 8/255, 9:1 train/val
-split, best checkpoint by validation PGD-20, FR and WA switched on at the first lr decay
+split, best checkpoint by validation PGD-20 (clean accuracy for natural training: ``select_by``), FR and WA switched on at the first lr decay
 (``fr_start_epoch``/``wa_start_epoch`` None). Choices the paper does not state: the averaged teacher is
 evaluated in eval mode; its BN statistics are re-estimated after each averaging step
 (``bn_recalibrate``, as the authors' code); validation uses the same autocast as training.
@@ -216,7 +216,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             train_model = torch.compile(train_model)
 
         # ---- resume ------------------------------------------------------------------------------------
-        start_epoch, best_pgd, best_epoch, history = 0, -1.0, -1, []
+        select_key = cfg.resolved_select_by()
+        start_epoch, best_score, best_epoch, history = 0, -1.0, -1, []
         if cfg.resume:
             path = out_dir / "last.pt" if cfg.resume in ("last", "auto", "true") else Path(cfg.resume)
             state = load_checkpoint(path, map_location=device)
@@ -229,7 +230,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 wa.load_state_dict(state["teacher"])
             set_rng_state(state["rng"])
             start_epoch, history = state["epoch"], list(state["history"])
-            best_pgd, best_epoch = state["best_val_pgd"], state["best_epoch"]
+            best_score, best_epoch = state["best_val_score"], state["best_epoch"]
             if is_main:
                 print(f"resumed from {path} after epoch {start_epoch}", flush=True)
 
@@ -238,7 +239,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "teacher": wa.state_dict() if wa is not None else None,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch_done,
-                    "best_val_pgd": best_pgd, "best_epoch": best_epoch, "history": history}
+                    "best_val_score": best_score, "selected_by": select_key, "best_epoch": best_epoch,
+                    "history": history}
 
         # ---- epochs --------------------------------------------------------------------------------------
         if is_main:  # metrics.jsonl mirrors the checkpoint's history (fresh run: empty; resume: up to its epoch)
@@ -326,9 +328,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 metrics.update(validate(model, val_loader, cfg, device, amp_dtype, memory_format))
             history.append(metrics)
             if is_main:
-                improved = "val_pgd" in metrics and metrics["val_pgd"] > best_pgd
+                improved = select_key in metrics and metrics[select_key] > best_score
                 if improved:
-                    best_pgd, best_epoch = metrics["val_pgd"], epoch + 1
+                    best_score, best_epoch = metrics[select_key], epoch + 1
                 state = checkpoint_state(epoch + 1)
                 save_checkpoint(state, out_dir / "last.pt")
                 if improved:
@@ -343,7 +345,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if world > 1:
                 dist.barrier()
 
-        summary = {"best_val_pgd": best_pgd, "best_epoch": best_epoch, "final": history[-1] if history else {},
+        best_metrics = history[best_epoch - 1] if best_epoch > 0 else {}
+        summary = {"best_val_pgd": best_metrics.get("val_pgd", -1.0), "best_val_clean": best_metrics.get("val_clean", -1.0),
+                   "selected_by": select_key, "best_epoch": best_epoch, "final": history[-1] if history else {},
                    "history": history, "out_dir": str(out_dir), "last_checkpoint": str(out_dir / "last.pt"),
                    "best_checkpoint": str(out_dir / "best.pt") if best_epoch > 0 else None,
                    "total_time_s": time.perf_counter() - run_start, "rank": rank, "world_size": world}
@@ -365,7 +369,8 @@ def summary_table(cfg: TrainConfig, summary: dict[str, Any]) -> str:
         ("" if cfg.fr == "none" else f" + {cfg.fr.upper().replace('FRWA', 'FR/WA')}")
     rows = [("run", f"{method} | {cfg.model} | {cfg.dataset}"),
             ("epochs", str(final.get("epoch", 0))),
-            ("best val PGD-%d" % cfg.eval_pgd_steps, f"{summary['best_val_pgd']:.2f}% (epoch {summary['best_epoch']})"),
+            (f"best epoch (by {summary['selected_by']})", f"{summary['best_epoch']}: val clean "
+             f"{summary['best_val_clean']:.2f}%, PGD-{cfg.eval_pgd_steps} {summary['best_val_pgd']:.2f}%"),
             ("final val clean", f"{final['val_clean']:.2f}%" if "val_clean" in final else "-"),
             ("final val PGD-%d" % cfg.eval_pgd_steps, f"{final['val_pgd']:.2f}%" if "val_pgd" in final else "-"),
             ("throughput", f"{final.get('images_per_s', 0):.0f} img/s (last epoch)"),

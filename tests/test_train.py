@@ -119,7 +119,19 @@ def test_main_cli(tmp_path, capsys):
     assert main(["mnist_cnn_at", "--lrr=0.3"]) == 2
     assert "did you mean lr" in capsys.readouterr().err
     assert main(["mnist_cnn_at", *TINY, "epochs=1", f"--out_dir={tmp_path}"]) == 0
-    assert "best val PGD-2" in capsys.readouterr().out
+    assert "best epoch (by val_pgd)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method, fr, select_by, expected", [
+    ("natural", "none", "auto", "val_clean"), ("at", "none", "auto", "val_pgd"), ("natural", "fr", "auto", "val_pgd"),
+    ("at", "none", "clean", "val_clean")])
+def test_best_checkpoint_metric(tmp_path, method, fr, select_by, expected):
+    cfg = _tiny_cfg("mnist_cnn_at", tmp_path, f"--method={method}", f"--fr={fr}", f"--select_by={select_by}", "epochs=2")
+    summary = train(cfg)
+    assert summary["selected_by"] == expected
+    best = max(summary["history"], key=lambda m: m[expected])  # first maximum, as the trainer keeps
+    assert summary["best_epoch"] == best["epoch"]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
 
 
 def test_l_model_trains_on_low_pass_inputs(tmp_path):

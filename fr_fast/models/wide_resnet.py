@@ -6,29 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
-
-
-class WideBlock(nn.Module):
-    """BN-ReLU-conv3x3, dropout, BN-ReLU-conv3x3; 1x1 projection on the pre-activated input when shapes change."""
-
-    def __init__(self, cin: int, cout: int, stride: int, dropout: float):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
-        self.dropout = dropout
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        identity = self.shortcut(out) if self.shortcut is not None else x
-        out = F.relu(self.bn2(self.conv1(out)))
-        if self.dropout > 0:
-            out = F.dropout(out, p=self.dropout, training=self.training)
-        return self.conv2(out) + identity
+from .preact_resnet import PreActBlock
 
 
 class WideResNet(nn.Module):
@@ -53,7 +31,7 @@ class WideResNet(nn.Module):
         for stage, cout in enumerate(widths[1:]):
             for j in range(n):
                 stride = 2 if (stage > 0 and j == 0) else 1
-                layers.append(WideBlock(cin, cout, stride, dropout))
+                layers.append(PreActBlock(cin, cout, stride, dropout))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)
