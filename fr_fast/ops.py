@@ -23,9 +23,9 @@ except ImportError as error:  # not built: the references take over
     EXTENSION_ERROR = str(error)
 
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-# The fused FR kernels do a direct DFT (O(C^2) per row). Above this many classes an FFT is cheaper,
-# so Python routes larger problems to the torch.fft path (the kernels themselves accept any C).
-MAX_FUSED_CLASSES = 512
+# The CUDA FR kernel does a direct DFT per row in shared memory (O(C^2), <= 48 KiB per block); above
+# this many classes Python routes CUDA tensors to torch.fft (the CPU kernel switches to an FFT itself).
+MAX_CUDA_FUSED_CLASSES = 2048
 _warned = False
 
 
@@ -50,7 +50,7 @@ def backend(device: str | torch.device = "cpu") -> str:
 
 def _fused(device: torch.device) -> bool:
     global _warned
-    if backend(device) != "reference":
+    if device.type in _KERNEL_DEVICES:  # the hot path: one set lookup
         return True
     if not _warned:
         _warned = True
@@ -129,7 +129,8 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         similarity = torch.nn.functional.cosine_similarity(
             teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), dim=-1, eps=1e-8)
         return reference._reduce(1.0 - similarity, reduction)
-    if teacher_logits.shape[-1] <= MAX_FUSED_CLASSES and _fused(teacher_logits.device):
+    device = teacher_logits.device
+    if _fused(device) and (device.type != "cuda" or teacher_logits.shape[-1] <= MAX_CUDA_FUSED_CLASSES):
         return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
     return reference.fr_loss(teacher_logits, adv_logits, "l1", reduction, "1d")
 

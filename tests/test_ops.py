@@ -259,6 +259,7 @@ def test_pgd_step_bad_input(call, message):
 
 def test_reference_fallback_warns_once_and_matches(monkeypatch):
     monkeypatch.setattr(ops, "EXTENSION_ERROR", "simulated: not built")
+    monkeypatch.setattr(ops, "_KERNEL_DEVICES", frozenset())
     monkeypatch.setattr(ops, "_warned", False)
     assert fr_fast.backend("cpu") == "reference"
     x_adv, grad, x_nat = _images()
