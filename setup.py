@@ -60,7 +60,10 @@ setup(
     name="fr_fast",
     version="0.1.0",
     description="Fast adversarial training with Frequency Regularization (fused C++/CUDA kernels)",
-    packages=find_packages(include=["fr_fast", "fr_fast.*"]),
+    # configs/ ships inside the package as fr_fast.configs, so presets resolve by name after a plain install.
+    packages=find_packages(include=["fr_fast", "fr_fast.*"]) + ["fr_fast.configs"],
+    package_dir={"fr_fast.configs": "configs"},
+    package_data={"fr_fast.configs": ["*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

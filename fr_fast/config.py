@@ -24,7 +24,10 @@ METHODS = ("natural", "at", "trades", "mart", "awp")
 FR_MODES = ("none", "fr", "frwa")
 AWP_BASES = ("at", "trades")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets: the repository's configs/ (source checkout, editable install) or the copy shipped inside the
+# package as fr_fast/configs (plain `pip install .`).
+CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parent.parent / "configs",
+                                Path(__file__).resolve().parent / "configs") if d.is_dir())
 
 
 @dataclass
@@ -221,12 +224,14 @@ def _unknown_field(name: str, where: str) -> ValueError:
 
 
 def resolve_preset(path: str | Path) -> Path:
-    """Find a preset by path, or by name inside the repository's ``configs/`` folder."""
+    """Find a preset by path, or by name (with or without .yaml) among the shipped presets."""
     path = Path(path)
-    for candidate in (path, CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
+    candidates = [path] + [d / name for d in CONFIG_DIRS for name in (path, Path(f"{path}.yaml"))]
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"config preset {str(path)!r} not found (looked in . and {CONFIG_DIR})")
+    where = ", ".join(str(d) for d in CONFIG_DIRS) or "no presets folder found"
+    raise FileNotFoundError(f"config preset {str(path)!r} not found (looked in . and {where})")
 
 
 def load_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

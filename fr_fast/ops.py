@@ -117,14 +117,12 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
-    if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
-        diff = torch.fft.fft2(teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype))
-        parts = torch.view_as_real(diff).abs()
-        return parts.mean() if reduction == "mean" else parts.sum()
-    if distance == "l2":
+    if fft == "2d" or distance == "l2":
         diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
-        per_example = diff.norm(dim=-1) * math.sqrt(diff.shape[-1])
-        return reference._reduce(per_example, reduction)
+        if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
+            parts = torch.view_as_real(torch.fft.fft2(diff)).abs()
+            return parts.mean() if reduction == "mean" else parts.sum()
+        return reference._reduce(diff.norm(dim=-1) * math.sqrt(diff.shape[-1]), reduction)  # Parseval
     if distance == "cosine":
         similarity = torch.nn.functional.cosine_similarity(
             teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), dim=-1, eps=1e-8)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fr_fast.config import CONFIG_DIR, TrainConfig, config_from_dict, load_config, parse_overrides
+from fr_fast.config import CONFIG_DIRS, TrainConfig, config_from_dict, load_config, parse_overrides
 
-PRESETS = sorted(CONFIG_DIR.glob("*.yaml"))
+PRESETS = sorted(CONFIG_DIRS[0].glob("*.yaml"))
 
 
 def test_defaults_are_the_paper_recipe():

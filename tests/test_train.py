@@ -12,7 +12,7 @@ import torch
 
 import fr_fast.train as train_mod
 from fr_fast.checkpoint import load_checkpoint, load_model
-from fr_fast.config import CONFIG_DIR, load_config
+from fr_fast.config import CONFIG_DIRS, load_config
 from fr_fast.train import main, train
 
 TINY = ["epochs=2", "lr_milestones=[1]", "batch_size=16", "max_train_batches=2", "max_val_batches=1",
@@ -139,7 +139,7 @@ def test_l_model_trains_on_low_pass_inputs(tmp_path):
     assert summary["history"][0]["epoch"] == 1
 
 
-PAPER_PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith(("mnist", "fashion")))
+PAPER_PRESETS = sorted(p.stem for p in CONFIG_DIRS[0].glob("*.yaml") if not p.stem.startswith(("mnist", "fashion")))
 SLOW = {"cifar10_wrn34_10_at_fr", "cifar10_wrn34_10_at_frwa"}  # WideResNet-34-10: ~46M parameters
 
 
