@@ -693,6 +693,14 @@ def save_accuracy_csv(results: Mapping[str, Mapping[int, float]], path: str | os
     return path
 
 
+def _save_figure(plt, fig, path: str, title: str | None = None) -> None:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_filtered_accuracy(
     low: Mapping[str, Mapping[int, float]],
     path: str | os.PathLike,
@@ -724,10 +732,7 @@ def plot_filtered_accuracy(
         ax.set_title(sub, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, path, title)
     return path
 
 
@@ -749,10 +754,7 @@ def _heat_grid(
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, path, title)
     return path
 
 
@@ -798,9 +800,7 @@ def plot_band_accuracy(bands: Mapping[str, Mapping[str, object]], path: str | os
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
     return path
 
 
@@ -846,9 +846,5 @@ def plot_panel(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(heads[c], fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, path, title)
     return path
