@@ -8,6 +8,7 @@ and writes benchmarks/results/ops_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="fewer cases and rounds (smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--tag", default="", help="suffix of the results files (ops_<device>_<tag>)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,9 +75,10 @@ def main() -> None:
         print(f"{name:<44} fused {row['fused_us']:9.1f} us  reference {row['reference_us']:9.1f} us  "
               f"x{row['speedup']:.2f}" + (f"  copy-bw {row['copy_bandwidth_fraction']:.0%}" if "clone_us" in row else ""),
               flush=True)
-    info = {**machine(args.device), "backend": fr_fast.backend(args.device)}
+    info = {**machine(args.device), "backend": fr_fast.backend(args.device), "load_average": os.getloadavg()}
     header = (f"Fused ops vs reference on {info.get('gpu', info['cpu'])} ({args.device}, {info['threads']} threads, "
-              f"torch {info['torch']}, backend {info['backend']}, {info['date']}). Median of {rounds} interleaved rounds.\n\n")
+              f"torch {info['torch']}, backend {info['backend']}, {info['date']}, load average "
+              f"{info['load_average'][0]:.2f}). Median of {rounds} interleaved rounds.\n\n")
     table = ["| case | fused (µs) | reference (µs) | speedup | step bandwidth / copy bandwidth |",
              "|---|---:|---:|---:|---:|"]
     for row in rows:
@@ -84,7 +87,7 @@ def main() -> None:
     markdown = header + "\n".join(table) + "\n"
     print("\n" + markdown)
     if not args.quick:
-        write_results(f"ops_{args.device}", {"machine": info, "rows": rows}, markdown)
+        write_results(f"ops_{args.device}" + (f"_{args.tag}" if args.tag else ""), {"machine": info, "rows": rows}, markdown)
 
 
 if __name__ == "__main__":

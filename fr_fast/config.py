@@ -80,7 +80,7 @@ class TrainConfig:
     awp_gamma: float = 0.01                # AT-AWP code default (ResNet-sized models); TRADES-AWP uses 0.005
     awp_warmup: int = 0                    # epochs before AWP switches on (TRADES-AWP code: 10)
     # speed
-    amp: str = "auto"                      # auto: bf16 (fp16 + GradScaler if no bf16) on CUDA, off on CPU
+    amp: str = "auto"                      # auto: bf16 (fp16 + GradScaler if no bf16) on CUDA; CPU: bf16 if native
     channels_last: Union[bool, str] = "auto"  # auto: on for CUDA, off on CPU (slower there for small convs)
     compile: bool = False
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
