@@ -47,7 +47,7 @@ def budget_overrides(args: argparse.Namespace) -> list[str]:
     milestones = [round(0.75 * epochs), round(0.9 * epochs)]  # 75/90 of 100 as in the paper
     return [f"--epochs={epochs}", f"--lr_milestones={milestones}", f"--max_train_batches={args.train_batches}",
             f"--max_val_batches={args.val_batches}", f"--pad_to={args.pad_to}", f"--cpu_threads={args.threads}",
-            "--batch_size=128", "--lr=0.1", "--progress=false"]
+            "--batch_size=128", "--lr=0.1", "--progress=false", "--amp=off"]  # float32, as the committed results
 
 
 def run_one(name: str, seed: int, args: argparse.Namespace, test_set) -> dict:
