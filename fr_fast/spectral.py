@@ -736,16 +736,21 @@ def plot_filtered_accuracy(
     return path
 
 
+def _panel_row(path, n: int, width: float, height: float):
+    """A figure with one row of ``n`` panels (one per model): (pyplot, output path, figure, axes)."""
+    if n == 0:
+        raise ValueError("nothing to plot")
+    plt = _plt()
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return plt, _ensure_parent(path), fig, axes[0]
+
+
 def _heat_grid(
     maps: Mapping[str, Tensor], path: str, title: str, cmap: str, log: bool, vmin=None, vmax=None
 ) -> str:
-    plt = _plt()
-    path = _ensure_parent(path)
     names = list(maps)
-    if not names:
-        raise ValueError("nothing to plot")
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    plt, path, fig, axes = _panel_row(path, len(names), 3.2, 3.2)
+    for ax, name in zip(axes, names):
         m = maps[name].detach().float().cpu()
         if log:
             m = torch.log10(m + 1e-8)
@@ -776,18 +781,14 @@ def plot_fourier_heatmaps(
 def plot_band_accuracy(bands: Mapping[str, Mapping[str, object]], path: str | os.PathLike) -> str:
     """Fig.-3-style plot: per model, clean accuracy on LPF inputs and robust accuracy with LPF/HPF
     filtered perturbations vs bandwidth (``bands``: name -> :func:`perturbation_band_accuracy`)."""
-    plt = _plt()
-    path = _ensure_parent(path)
     names = list(bands)
-    if not names:
-        raise ValueError("nothing to plot")
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    plt, path, fig, axes = _panel_row(path, len(names), 4.2, 3.6)
     series = [
         ("lpf_input", "clean, LPF input", "tab:red"),
         ("lpf_delta", "robust, LPF delta", "tab:orange"),
         ("hpf_delta", "robust, HPF delta", "tab:green"),
     ]
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes, names):
         r = bands[name]
         for key, label, color in series:
             d = {int(k): v for k, v in r[key].items()}
@@ -799,7 +800,7 @@ def plot_band_accuracy(bands: Mapping[str, Mapping[str, object]], path: str | os
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     _save_figure(plt, fig, path)
     return path
 
