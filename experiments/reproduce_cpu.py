@@ -39,6 +39,7 @@ METHODS = {
     "trades_fr": ("fashion_mnist_cnn_at_fr", ["--method=trades"]),
 }
 MAIN_METHODS = ["natural", "at", "at_fr", "at_frwa"]
+MULTI_SEED = ("at", "at_fr", "trades", "trades_fr")  # the comparisons that get every seed
 ATTACKS = ("clean", "pgd20", "cw", "aa", "clean_aa_subset", "pgd20_aa_subset")
 
 
@@ -163,7 +164,7 @@ def main() -> None:
     test_set = load_dataset("fashion_mnist", "test", None, pad_to=args.pad_to)
     records: dict[str, list[dict]] = {}
     for name in args.methods:
-        seeds = args.seeds if name in ("at", "at_fr") else args.seeds[:1]
+        seeds = args.seeds if name in MULTI_SEED else args.seeds[:1]
         records[name] = [run_one(name, seed, args, test_set) for seed in seeds]
     analyses = spectral_analyses(records, args, test_set)
     (args.out / "results.json").write_text(json.dumps({"records": records, "spectral": analyses}, indent=2, default=str))
