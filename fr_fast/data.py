@@ -133,6 +133,10 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.finish(to_float(self.images[index][None]))[0], self.labels[index]
 
+    def raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 (C, H, W) image and its label, before any conversion."""
+        return self.images[index], self.labels[index]
+
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """Final per-batch transform (B, C, H, W) float in [0, 1] -> same; the L-model low-pass."""
         return _apply_low_pass(x, self.low_pass_bandwidth)
@@ -175,9 +179,9 @@ class FolderImageDataset(Dataset):
 
 
 class _RawView(Dataset):
-    """Lets DataLoader workers batch uint8 images; float conversion happens after collation."""
+    """Lets DataLoader workers batch raw uint8 images of either dataset kind; float conversion follows collation."""
 
-    def __init__(self, dataset: FolderImageDataset):
+    def __init__(self, dataset: FolderImageDataset | TensorImageDataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -646,22 +650,11 @@ class BatchLoader:
             return
         if not isinstance(self.dataset, (TensorImageDataset, FolderImageDataset)):
             raise ValueError(f"make_loader needs a dataset from load_dataset, got {type(self.dataset).__name__}")
-        source = _RawView(self.dataset) if isinstance(self.dataset, FolderImageDataset) else _TensorRaw(self.dataset)
+        source = _RawView(self.dataset)
         loader = DataLoader(source, batch_size=bs, sampler=indices[:n].tolist(), num_workers=self.num_workers,
                             pin_memory=self.device is not None and self.device.type == "cuda",
                             persistent_workers=False)
         yield from loader
-
-
-class _TensorRaw(Dataset):
-    def __init__(self, dataset: TensorImageDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.dataset.images[index], self.dataset.labels[index]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, augment: str | None = None,
