@@ -5,12 +5,22 @@ with ``weights_only=True``): ``format``, ``version``, ``config`` (``asdict(Train
 (what :func:`fr_fast.models.build_model` needs), ``model`` (the student's state dict), ``teacher`` (weight
 average or None), ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` (epochs completed),
 ``best_val_score`` (of the ``selected_by`` metric) and ``history`` (per-epoch metrics).
+
+Durability: a save writes a temporary file ``.<name>.<random>.tmp`` beside the target, fsyncs it, renames it
+over the target and fsyncs the folder, so after a crash at any instant the target holds either the old or
+the new checkpoint; :func:`remove_stale_temps` clears temporaries a killed save left behind. A full disk
+raises :class:`DiskFullError` naming the path and the free space. :func:`nonfinite_entries` checks a state
+for NaN/inf with one fused reduction before it is written.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +30,128 @@ from torch import nn
 
 FORMAT = "fr_fast.checkpoint"
 VERSION = 1
+TEMP_SUFFIX = ".tmp"
+# Test hook (tests/test_kill.py): with FR_FAST_TEST_PAUSE_SAVE=N the N-th save of the process announces
+# itself on stderr and sleeps inside the save (temporary file written, not yet renamed), so a test can
+# SIGKILL it there. Unset in normal use: the cost is one environment lookup per save.
+PAUSE_SAVE_ENV = "FR_FAST_TEST_PAUSE_SAVE"
+_saves_done = 0
+
+
+class DiskFullError(OSError):
+    """No space left to write a checkpoint; the message names the path and the free space."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``,
+    fsync of the folder (so the rename itself survives a power loss).
 
-    A crash or exception while writing leaves any previous file at ``path`` untouched.
+    A crash or exception while writing leaves any previous file at ``path`` untouched. Raises
+    :class:`DiskFullError` when the disk is full (the partial temporary file is removed).
     """
+    global _saves_done
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        _saves_done += 1
+        _test_pause(path)
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if _is_disk_full(exc):
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(errno.ENOSPC, f"no space left on the device writing {path} "
+                                f"({free / 2**20:.1f} MiB free in {path.parent}); free space or choose "
+                                f"another out_dir") from exc
         raise
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when torch.save wraps it in a RuntimeError (its zip writer does)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, RuntimeError) and ("No space left" in str(exc) or "file write failed" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory file descriptors (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _test_pause(path: Path) -> None:
+    wanted = os.environ.get(PAUSE_SAVE_ENV)
+    if wanted and int(wanted) == _saves_done:
+        print(f"test hook: pausing inside the save of {path}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed saves left in ``folder``; returns them.
+
+    Call it only while holding the folder's run lock (:mod:`fr_fast.runfolder`): another live run's
+    temporary file would otherwise be taken for an orphan.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(f".*.pt.*{TEMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def nonfinite_entries(state: Any, prefix: str = "") -> list[str]:
+    """Names (``model.fc.weight``, ``optimizer.state.3.momentum_buffer``) of the floating-point tensors in a
+    nested dict/list ``state`` that hold NaN or inf; [] when all are finite.
+
+    One fused max-abs reduction over all tensors and a single host sync in the common (finite) case; the
+    offending names are only searched for after a failure.
+    """
+    named = list(_float_tensors(state, prefix))
+    if not named:
+        return []
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for _, t in named:
+        by_device.setdefault(t.device, []).append(t)
+    peaks = [torch.stack([n.float() for n in torch._foreach_norm(ts, float("inf"))]).amax()
+             for ts in by_device.values()]
+    if all(torch.isfinite(torch.stack([p.cpu() for p in peaks])).tolist()):
+        return []
+    return [name for name, t in named if not bool(torch.isfinite(t).all())]
+
+
+def _float_tensors(obj: Any, prefix: str):
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel():
+            yield prefix, obj.detach()
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _float_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _float_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""Atomic checkpoints, loading errors, RNG state round trip, and load_model."""
+"""Atomic, durable checkpoints, orphaned temporaries, full disk, finite-state check, loading errors, RNG
+state round trip, and load_model."""
 from __future__ import annotations
 
+import errno
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fr_fast.checkpoint import load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
+from fr_fast.checkpoint import (DiskFullError, load_checkpoint, load_model, nonfinite_entries, remove_stale_temps,
+                                rng_state, save_checkpoint, set_rng_state)
 
 
 def test_round_trip(tmp_path: Path):
@@ -75,3 +80,75 @@ def test_load_model(tmp_path: Path):
     assert cfg["num_classes"] == 10 and cfg["dataset"] == "mnist" and cfg["eps"] == 0.3
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_save_fsyncs_file_and_folder(tmp_path: Path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    assert synced == [False, True]  # the temporary file, then the folder after the rename
+
+
+def test_remove_stale_temps_only_removes_orphans(tmp_path: Path):
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    orphans = [tmp_path / ".last.pt.ab12cd.tmp", tmp_path / ".best.pt.x_9.tmp"]
+    keep = [tmp_path / "last.pt", tmp_path / "notes.tmp", tmp_path / ".lock", tmp_path / "metrics.jsonl"]
+    for p in orphans + keep[1:]:
+        p.write_bytes(b"partial")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(orphans)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_disk_full_is_one_line_with_path_and_free_space(tmp_path: Path, monkeypatch):
+    path = tmp_path / "last.pt"
+
+    def full_disk(obj, fh, *args, **kwargs):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(DiskFullError) as info:
+        save_checkpoint({"epoch": 2}, path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "MiB free" in message
+    assert list(tmp_path.iterdir()) == []  # the partial temporary file is gone
+
+    def zip_writer_error(obj, fh, *args, **kwargs):  # torch's zip writer wraps the OSError
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0") from \
+            OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", zip_writer_error)
+    with pytest.raises(DiskFullError):
+        save_checkpoint({"epoch": 2}, path)
+
+
+def test_nonfinite_entries_names_every_bad_tensor():
+    state = {"model": {"w": torch.ones(3), "bn.running_var": torch.tensor([1.0, float("inf")]),
+                       "bn.num_batches_tracked": torch.tensor(5)},
+             "optimizer": {"state": {0: {"momentum_buffer": torch.tensor([float("nan")], dtype=torch.bfloat16)}}},
+             "teacher": None, "history": [{"loss": 1.0}], "rng": {"torch": torch.zeros(4, dtype=torch.uint8)}}
+    assert nonfinite_entries(state) == ["model.bn.running_var", "optimizer.state.0.momentum_buffer"]
+    state["model"]["bn.running_var"][1] = 2.0
+    state["optimizer"]["state"][0]["momentum_buffer"].zero_()
+    assert nonfinite_entries(state) == []
+    assert nonfinite_entries({"empty": torch.empty(0), "none": None}) == []
+
+
+def test_nonfinite_entries_one_host_sync_when_finite(monkeypatch):
+    calls = {"n": 0}
+    real = torch.Tensor.tolist
+
+    def counting(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting)
+    assert nonfinite_entries({f"p{i}": torch.randn(10) for i in range(50)}) == []
+    assert calls["n"] == 1
