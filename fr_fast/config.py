@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -108,15 +109,11 @@ class TrainConfig:
         _check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
         if isinstance(self.channels_last, str):
             _check_choice("channels_last", self.channels_last, ("auto",))
-        for name in ("lam", "eps", "alpha", "lr", "momentum", "weight_decay", "trades_beta", "mart_beta",
-                     "awp_gamma"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size", "attack_steps", "val_every", "eval_pgd_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name, interval in RANGES.items():
+            value = getattr(self, name)
+            for item in (value if isinstance(value, list) else [value]):
+                if item is not None and not _in_interval(item, interval):
+                    raise ValueError(f"{name} must be in {interval}, got {value}")
         if sorted(self.lr_milestones) != list(self.lr_milestones):
             raise ValueError(f"lr_milestones must be increasing, got {self.lr_milestones}")
         if self.fr == "frwa" and self.resolved_fr_start() < self.resolved_wa_start():
@@ -143,6 +140,30 @@ class TrainConfig:
     @property
     def uses_wa(self) -> bool:
         return self.fr == "frwa" or self.wa
+
+
+# The valid range of every numeric field (None, where allowed, is always valid; lists: every item).
+# Finite values only: "inf)" is an open bound, so NaN and inf are rejected everywhere.
+RANGES: dict[str, str] = {
+    "lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "lr_gamma": "(0, 1]",
+    "lam": "[0, inf)", "eps": "(0, 1]", "alpha": "(0, 1]", "trades_beta": "[0, inf)", "mart_beta": "[0, inf)",
+    "awp_gamma": "[0, inf)", "val_fraction": "(0, 1)",
+    "epochs": "[1, inf)", "batch_size": "[1, inf)", "attack_steps": "[1, inf)", "val_every": "[1, inf)",
+    "eval_pgd_steps": "[1, inf)", "max_train_batches": "[1, inf)", "max_val_batches": "[1, inf)",
+    "bn_recalibrate_batches": "[1, inf)", "cpu_threads": "[1, inf)", "num_workers": "[0, inf)",
+    "fake_data": "[0, inf)", "awp_warmup": "[0, inf)", "fr_start_epoch": "[0, inf)", "wa_start_epoch": "[0, inf)",
+    "lr_milestones": "[0, inf)", "pad_to": "[1, inf)", "low_pass_bandwidth": "[1, inf)",
+}
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in an interval written like "(0, 1]" (finite values only)."""
+    low, high = (float(b) for b in interval[1:-1].split(","))
+    if not math.isfinite(value):
+        return False
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
