@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from fr_fast import spectral as sp
+from fr_fast.checkpoint import checkpoint_data_dir
+from fr_fast.runfolder import ensure_writable_dir
 
 ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
 
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=None, help="override the checkpoint's eps")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (paper: 20)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--data-dir", default=None, help="override the checkpoint's data_dir")
+    p.add_argument("--data-dir", "--data_dir", default=None, help="override the checkpoint's data_dir")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-image subset and heat-map signs")
     return p
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_test(cfg: dict, data_dir: str | None, n: int, seed: int):
     from fr_fast.data import load_dataset
 
-    ds = load_dataset(cfg["dataset"], "test", data_dir if data_dir is not None else cfg.get("data_dir"),
+    ds = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, data_dir, "fr-fast analyze"),
                       pad_to=cfg.get("pad_to"))
     if len(ds) == 0:
         raise ValueError(f"the {cfg['dataset']} test set is empty")
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fr_fast.checkpoint import load_model
 
+    out = ensure_writable_dir(args.out, "--out folder")  # before any computation
     what = _parse_what(args.what)
     for path in args.checkpoints:
         if not os.path.isfile(path):
@@ -139,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--n-images, --heatmap-images and --panel-images must be >= 1")
     names = _model_names(args.checkpoints, args.names)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     n_eval = max(args.n_images, args.heatmap_images, args.panel_images)
 
     low, high, spectra, examples, bands, heatmaps, meta = {}, {}, {}, {}, {}, {}, {}

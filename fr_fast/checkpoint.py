@@ -193,6 +193,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     return model, cfg
 
 
+def checkpoint_data_dir(cfg: dict[str, Any], override: str | None, prog: str) -> str | None:
+    """The data folder to read a checkpoint's test set from: ``override`` when given, else the one the
+    checkpoint's config names, announced on stderr (a checkpoint from elsewhere can point anywhere).
+    """
+    if override is not None:
+        return override
+    named = cfg.get("data_dir")
+    if named is not None:
+        print(f"{prog}: reading {cfg.get('dataset')} from data_dir {str(named)!r}, taken from the checkpoint "
+              "(override with --data_dir)", file=sys.stderr, flush=True)
+    return named
+
+
 def rng_state() -> dict[str, Any]:
     """All random number generator states (torch CPU, CUDA, numpy, python) as weights_only-loadable values."""
     np_state = np.random.get_state()

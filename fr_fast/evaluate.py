@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fr_fast import attacks as atk
+from fr_fast.runfolder import ensure_writable_file
 
 DEFAULT_ATTACKS = ("clean", "pgd20", "pgd50", "cw", "aa")
 CURVE_FRACTIONS = (0.0, 0.25, 0.5, 1.0, 2.0)  # of eps: 0, 2, 4, 8, 16/255 at eps = 8/255
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aa-steps", type=int, default=100, help="APGD/FAB iterations (official: 100)")
     parser.add_argument("--restarts", type=int, default=1)
     parser.add_argument("--no-eps-curve", action="store_true", help="skip the eps curve and large-eps check")
-    parser.add_argument("--data-dir", default=None, help="default: the run's data_dir")
+    parser.add_argument("--data-dir", "--data_dir", default=None, help="default: the run's data_dir")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
@@ -313,16 +314,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fr-fast eval: error: {exc}", file=sys.stderr)
+        return 2
 
-    from fr_fast.checkpoint import load_model
+
+def _run(args: argparse.Namespace) -> int:
+    from fr_fast.checkpoint import checkpoint_data_dir, load_model
     from fr_fast.data import load_dataset
 
+    if args.out:  # before any computation: an unwritable --out must not cost a whole AutoAttack
+        ensure_writable_file(args.out, "--out file")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg = load_model(args.checkpoint, device=device)
     extra = {"low_pass_bandwidth": cfg["low_pass_bandwidth"]} if cfg.get("low_pass_bandwidth") else {}
-    dataset = load_dataset(cfg["dataset"], "test", args.data_dir or cfg.get("data_dir"),
+    dataset = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, args.data_dir, "fr-fast eval"),
                            pad_to=cfg.get("pad_to"), **extra)
     eps = cfg["eps"] if args.eps is None else args.eps
     report = evaluate(model, dataset, eps=eps, alpha=args.alpha, attacks=[a for a in args.attacks.split(",") if a],

@@ -56,3 +56,10 @@ def test_default_bandwidths():
     assert analyze.default_bandwidths(28) == [4, 8, 12, 16, 20, 24, 28]
     assert analyze.default_bandwidths(64) == [8, 16, 24, 32, 40, 48, 56, 64]
     assert analyze.default_bandwidths(30)[-1] == 30
+
+
+def test_analyze_checks_out_before_loading(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert analyze.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "file" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not writable" in err and "missing.pt" not in err

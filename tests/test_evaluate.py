@@ -166,7 +166,44 @@ def test_cli_on_a_checkpoint(tmp_path, capsys):
     assert "pgd2" in printed and "acc %" in printed
 
 
-def test_cli_missing_checkpoint(tmp_path):
+def test_cli_missing_checkpoint(tmp_path, capsys):
     pytest.importorskip("fr_fast.checkpoint")
-    with pytest.raises(FileNotFoundError):
-        ev.main([str(tmp_path / "nope.pt"), "--no-progress"])
+    assert ev.main([str(tmp_path / "nope.pt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.pt" in err and "does not exist" in err
+
+
+def test_cli_checks_out_before_any_work(tmp_path, capsys, monkeypatch):
+    import fr_fast.checkpoint
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before --out was checked")
+
+    monkeypatch.setattr(fr_fast.checkpoint, "load_model", no_work)
+    assert ev.main([str(tmp_path / "any.pt"), "--out", "/nonexistent/r.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/nonexistent" in err and "does not exist" in err
+
+
+def _checkpoint_naming(tmp_path, data_dir):
+    from fr_fast.checkpoint import save_checkpoint
+    from fr_fast.models import build_model
+
+    kwargs = dict(name="small_cnn", num_classes=10, in_channels=1, width=4)
+    path = tmp_path / "foreign.pt"
+    save_checkpoint({"config": {"dataset": "mnist", "data_dir": str(data_dir), "model": "small_cnn", "eps": 0.3,
+                                "pad_to": None}, "model_kwargs": kwargs, "model": build_model(**kwargs).state_dict()},
+                    path)
+    return path
+
+
+def test_cli_announces_a_data_dir_taken_from_the_checkpoint(tmp_path, capsys):
+    path = _checkpoint_naming(tmp_path, tmp_path / "planted")
+    assert ev.main([str(path), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "planted" in err[0] and "taken from the checkpoint" in err[0] and "--data_dir" in err[0]
+    assert "error" in err[1] and "planted" in err[1]
+    # --data_dir wins, and nothing is announced
+    assert ev.main([str(path), "--no-progress", "--device", "cpu", "--data_dir", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert "taken from the checkpoint" not in err and "planted" not in err and "mine" in err
