@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 from torch.utils.benchmark import Timer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# FR_FAST_BENCH_RESULTS redirects every result file (benchmarks/run_gpu.sh collects them from there).
+RESULTS = Path(os.environ.get("FR_FAST_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine(device: str) -> dict:

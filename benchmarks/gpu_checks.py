@@ -1,0 +1,112 @@
+"""Checks for the GPU run that are not unit tests: small calls for compute-sanitizer, and a huge tensor.
+
+    compute-sanitizer --tool memcheck python benchmarks/gpu_checks.py calls   # every kernel, fp32 + bf16
+    python benchmarks/gpu_checks.py large                                     # > 2**31 elements, bf16 step
+
+``calls`` runs the FR loss forward and backward, the PGD step and the random start once per dtype on
+small, odd-sized inputs (fused path, compared with the reference so a wrong result fails too).
+``large`` runs one bf16 PGD step on a tensor of more than 2**31 elements (64-bit indexing) and compares
+it with the reference clamp chain, slice by slice. Both exit non-zero on a mismatch; on a machine
+without CUDA they run on the CPU (a dry run of the script itself).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import fr_fast
+from fr_fast import reference
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> bool:
+    err = ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+    ok = err <= tol and bool(torch.isfinite(got).all())
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: relative error {err:.2e} (tolerance {tol:.0e})", flush=True)
+    return ok
+
+
+def small_calls(device: str) -> bool:
+    """One call of every fused kernel per dtype on small odd shapes, each checked against its reference."""
+    ok = True
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for batch, classes in ((7, 10), (33, 100)):
+            a = torch.randn(batch, classes, generator=g).to(device, dtype).requires_grad_()
+            b = torch.randn(batch, classes, generator=g).to(device, dtype).requires_grad_()
+            loss = fr_fast.fr_loss(a, b)
+            loss.backward()
+            a_ref, b_ref = a.detach().float().requires_grad_(), b.detach().float().requires_grad_()
+            loss_ref = reference.fr_loss(a_ref, b_ref)
+            loss_ref.backward()
+            tag = f"{str(dtype)[6:]} B={batch} C={classes}"
+            ok &= _check(f"fr_loss forward {tag}", loss.detach(), loss_ref.detach(), tol)
+            ok &= _check(f"fr_loss backward (teacher) {tag}", a.grad, a_ref.grad, tol)
+            ok &= _check(f"fr_loss backward (adv) {tag}", b.grad, b_ref.grad, tol)
+        shape = (5, 3, 17, 13)  # odd sizes: tails of the vectorised loops
+        x_nat = torch.rand(shape, generator=g).to(device, dtype)
+        x_adv = (x_nat + 0.03 * torch.randn(shape, generator=g).to(device, dtype)).clamp(0, 1)
+        grad = torch.randn(shape, generator=g).to(device, dtype)
+        want = reference.pgd_step_(x_adv.clone(), grad, x_nat, 2 / 255, 8 / 255)
+        got = fr_fast.pgd_step_(x_adv.clone(), grad, x_nat, 2 / 255, 8 / 255)
+        # the kernel rounds once, the clamp chain after every op: 16-bit results one or two ulps apart
+        max_diff = (got.float() - want.float()).abs().max().item()
+        step_ok = max_diff <= (0.0 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps)
+        print(f"{'ok  ' if step_ok else 'FAIL'} pgd_step_ {str(dtype)[6:]}: max |diff| {max_diff:.1e}", flush=True)
+        ok &= step_ok
+        start = fr_fast.random_start_(torch.empty_like(x_nat), x_nat, 8 / 255)
+        inside = bool(((start.float() - x_nat.float()).abs() <= 8 / 255 + 1e-2).all()
+                      and (start >= 0).all() and (start <= 1).all())
+        print(f"{'ok  ' if inside else 'FAIL'} random_start_ {str(dtype)[6:]}: inside the eps-ball and [0, 1]",
+              flush=True)
+        ok &= inside
+    return ok
+
+
+def large_step(device: str, numel: int) -> bool:
+    """One bf16 PGD step on ``numel`` elements against the reference, compared in slices."""
+    dtype = torch.bfloat16
+    free = torch.cuda.mem_get_info()[0] if device == "cuda" else None
+    need = numel * 2 * 3 + (1 << 30)
+    if free is not None and free < need:
+        print(f"skip large: {free / 2**30:.1f} GiB free, need {need / 2**30:.1f}", flush=True)
+        return True
+    g = torch.Generator(device=device).manual_seed(1)
+    x_nat = torch.rand(numel, generator=g, device=device, dtype=torch.float32).to(dtype)
+    grad = torch.randn(numel, generator=g, device=device, dtype=torch.float32).to(dtype)
+    x_adv = x_nat.clone()
+    fr_fast.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    ok = True
+    chunk = 1 << 28
+    for lo in range(0, numel, chunk):  # the reference on slices: its temporaries fit in memory
+        hi = min(numel, lo + chunk)
+        want = reference.pgd_step_(x_nat[lo:hi].clone(), grad[lo:hi], x_nat[lo:hi], 2 / 255, 8 / 255)
+        diff = (x_adv[lo:hi].float() - want.float()).abs()
+        if diff.max() > 2 * torch.finfo(dtype).eps:  # one rounding vs the chain's several: <= 2 ulps
+            bad = (diff > 2 * torch.finfo(dtype).eps).nonzero()[0].item() + lo
+            print(f"FAIL large bf16 step: first mismatch at element {bad} of {numel}", flush=True)
+            ok = False
+            break
+    if ok:
+        print(f"ok   large bf16 step: {numel} elements (> 2**31: {numel > 2**31}) within 2 ulps of the reference",
+              flush=True)
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("calls", "large"))
+    p.add_argument("--numel", type=int, default=2**31 + 3 * 2**20 + 7, help="elements of the large case")
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"gpu_checks {args.what} on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'} "
+          f"(backend {fr_fast.backend(device)})", flush=True)
+    ok = small_calls(device) if args.what == "calls" else large_step(device, args.numel)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
