@@ -9,6 +9,9 @@
   or ``overwrite`` (which deletes them first).
 - :func:`ensure_writable_dir` / :func:`ensure_writable_file`: output paths are checked before any
   computation, so an evaluation is not lost to an unwritable ``--out``.
+- :func:`reconcile_best`: best.pt is written right after last.pt, so a kill between the two can leave
+  best.pt behind the best epoch last.pt records; on resume (and at the end of a run) it is rewritten
+  from last.pt, which then holds exactly that state.
 
 Errors are :class:`RunFolderError` (a ValueError) with a one-line message that names the fix.
 """
@@ -18,11 +21,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs are then unprotected against each other
     fcntl = None  # type: ignore[assignment]
+
+from fr_fast.checkpoint import load_checkpoint, save_checkpoint
 
 RUNS_ROOT = "runs"
 LOCK_NAME = ".lock"
@@ -93,6 +99,29 @@ def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, overwrite: boo
                              "it, --overwrite to replace it, or choose another --out_dir")
     for name in found:
         (Path(out_dir) / name).unlink()
+
+
+def reconcile_best(out_dir: str | os.PathLike, last: dict[str, Any]) -> str | None:
+    """Make ``out_dir/best.pt`` the checkpoint of the best epoch that ``last`` (the loaded last.pt) records.
+
+    Returns a one-line note when best.pt was repaired or cannot be (the best epoch's state is gone: only
+    possible when best.pt was deleted or damaged by hand), None when it was already right.
+    """
+    best_epoch = last.get("best_epoch", -1)
+    if best_epoch is None or best_epoch < 1:
+        return None
+    path = Path(out_dir) / "best.pt"
+    try:
+        held = load_checkpoint(path).get("epoch") if path.exists() else None
+    except ValueError:  # damaged
+        held = None
+    if held == best_epoch:
+        return None
+    if last.get("epoch") == best_epoch:
+        save_checkpoint(last, path)
+        return f"best.pt repaired: it held epoch {held}, the run's best is epoch {best_epoch} (rewritten from last.pt)"
+    return (f"warning: best.pt holds epoch {held} but the run's best is epoch {best_epoch}, whose weights are no "
+            "longer available; best.pt is left as it is")
 
 
 class RunLock:
