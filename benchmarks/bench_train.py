@@ -6,8 +6,8 @@ Rows per model (synthetic 32x32x3 images, 10 classes, PGD-10 eps 8/255 alpha 2/2
 the reference loop (``reference_loop.py``: float32, NCHW, torch.fft FR, clamp-chain PGD, parameter
 gradients during the attack), then the ablation -- the features of fr_fast switched on *cumulatively*
 inside that same loop, from the reference upward (fused ops, no parameter gradients in the attack,
-channels_last, autocast bf16) -- then the library's real step (``fr_fast.losses.craft_adversarial`` +
-``training_loss`` composed as ``fr_fast/train.py`` does, channels_last + autocast bf16), then the same
+channels_last, autocast bf16) -- then the library's real step (``fr_fast.train.make_step``, the step
+``train()`` runs: attack, loss, GradScaler, SGD update; channels_last + autocast bf16), then the same
 with ``torch.compile``. All candidates of one model are timed in alternating rounds in one process
 (warm-up first) and the median is reported.
 
@@ -42,8 +42,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fr_fast  # noqa: E402
-from fr_fast.losses import craft_adversarial, make_fr, training_loss  # noqa: E402
+from fr_fast.config import TrainConfig  # noqa: E402
 from fr_fast.models import build_model  # noqa: E402
+from fr_fast.runtime import resolve_amp  # noqa: E402
+from fr_fast.state import TrainState  # noqa: E402
+from fr_fast.train import make_step  # noqa: E402
 
 import reference_loop as ref  # noqa: E402
 from common import compare, machine, write_results  # noqa: E402
@@ -63,35 +66,19 @@ def make_model(name: str, device: str, channels_last: bool, seed: int = 0) -> nn
     return build_model(name, NUM_CLASSES, 3).to(device=device, memory_format=fmt)
 
 
-def make_fast_step(method: str, model: nn.Module, optimizer: torch.optim.Optimizer, *, eps: float = ref.EPS,
-                   alpha: float = ref.ALPHA, steps: int = ref.STEPS, lam: float = ref.LAM,
-                   amp: torch.dtype | None = torch.bfloat16, channels_last: bool = True,
-                   compile_model: bool = False) -> Step:
-    """fr_fast's training step, composed from the library exactly as ``fr_fast/train.py`` composes it.
+def make_fast_step(method: str, model: nn.Module, *, eps: float = ref.EPS, alpha: float = ref.ALPHA,
+                   steps: int = ref.STEPS, lam: float = ref.LAM, lr: float = 0.01, amp: str = "bf16",
+                   channels_last: bool = True, compile_model: bool = False) -> Step:
+    """fr_fast's training step: the trainer's own :func:`fr_fast.train.make_step` for ``method`` + FR.
 
-    The model must already be in the matching memory format. (A shared ``fr_fast.train.train_step``
-    would let this benchmark call the trainer's code instead of mirroring it.)
+    The config is the trainer's (SGD momentum 0.9, wd 5e-4, GradScaler, FR from the first epoch); the
+    model must already be in the matching memory format. Returns ``step(x, y) -> loss``.
     """
-    fr = make_fr(lam)
-    attack_model = torch.compile(model) if compile_model else model
-    train_model = torch.compile(model) if compile_model else model
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-
-    def step(x: Tensor, y: Tensor) -> float:
-        x = x.contiguous(memory_format=fmt)
-        train_model.train()
-        with torch.autocast(x.device.type, amp or torch.float32, enabled=amp is not None):
-            x_adv = craft_adversarial(method, attack_model, x, y, eps=eps, alpha=alpha, steps=steps)
-            loss, adv_logits = training_loss(method, train_model, x, x_adv, y, fr=fr)
-        with torch.no_grad():  # train.py's per-step statistics and its single host sync
-            stats = torch.stack([loss.detach().float(), (adv_logits.argmax(1) == y).sum().float()])
-        value = stats[0].item()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return value
-
-    return step
+    cfg = TrainConfig(method=method, fr="fr", fr_start_epoch=0, lam=lam, eps=eps, alpha=alpha, attack_steps=steps,
+                      lr=lr, amp=amp, channels_last=channels_last, compile=compile_model)
+    state = TrainState(cfg, model, resolve_amp(amp, next(model.parameters()).device))
+    step = make_step(cfg, state, epoch=0)
+    return lambda x, y: step(x, y).loss
 
 
 def candidates(method: str, model_name: str, device: str, ablation: bool, with_compile: bool,
@@ -114,13 +101,13 @@ def candidates(method: str, model_name: str, device: str, ablation: bool, with_c
     if trainer_defaults:  # what `fr-fast train` runs on CPU by default (amp off, NCHW)
         model = make_model(model_name, device, False)
         rows["fr_fast fp32 NCHW (trainer CPU default)"] = (
-            make_fast_step(method, model, ref.make_optimizer(model, lr=0.01), amp=None, channels_last=False), None)
+            make_fast_step(method, model, amp="off", channels_last=False), None)
     model = make_model(model_name, device, True)
-    rows["fr_fast"] = (make_fast_step(method, model, ref.make_optimizer(model, lr=0.01)), torch.bfloat16)
+    rows["fr_fast"] = (make_fast_step(method, model), torch.bfloat16)
     if with_compile:
         model = make_model(model_name, device, True)
         rows["fr_fast + torch.compile"] = (
-            make_fast_step(method, model, ref.make_optimizer(model, lr=0.01), compile_model=True), torch.bfloat16)
+            make_fast_step(method, model, compile_model=True), torch.bfloat16)
     return rows
 
 
@@ -230,8 +217,7 @@ def attack_strength(device: str, seed: int = 0, n_test: int = 1000, eps: float =
     torch.manual_seed(seed)
     model = build_model("small_cnn", 10, 1, mean=list(info.mean), std=list(info.std)).to(
         device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    step = make_fast_step("at", model, optimizer, eps=eps, alpha=eps / 4, steps=5, lam=ref.LAM)
+    step = make_fast_step("at", model, eps=eps, alpha=eps / 4, steps=5, lam=ref.LAM, lr=0.05)
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed)).to(device)
     start = time.perf_counter()
     for i in range(0, len(order) - 63, 64):
@@ -276,9 +262,9 @@ def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> 
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(args.device)
     # FLOPs grow linearly with the batch: count on a small batch (FlopCounterMode runs eagerly and slowly).
     count_batch = min(batch, 16)
-    flop_fast = count_flops(make_fast_step(method, *_fresh(model_name, args.device, True)),
-                            x[:count_batch], y[:count_batch]) / count_batch
-    flop_ref = count_flops(ref.make_step(method, *_fresh(model_name, args.device, False)),
+    fast_model, ref_model = make_model(model_name, args.device, True), make_model(model_name, args.device, False)
+    flop_fast = count_flops(make_fast_step(method, fast_model), x[:count_batch], y[:count_batch]) / count_batch
+    flop_ref = count_flops(ref.make_step(method, ref_model, ref.make_optimizer(ref_model, lr=0.01)),
                            x[:count_batch], y[:count_batch]) / count_batch
     times, how = time_steps({name: fn for name, (fn, _) in steps.items()}, x, y, args.rounds, args.device,
                             args.heavy_rounds)
@@ -295,11 +281,6 @@ def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> 
         print(f"{model_name:9} {method.upper()}+FR  {name:<42} {batch / seconds:8.1f} img/s  "
               f"x{times['reference'] / seconds:5.2f}  MFU {rows[-1]['mfu']:.1%}", flush=True)
     return rows
-
-
-def _fresh(model_name: str, device: str, fast: bool):
-    model = make_model(model_name, device, channels_last=fast)
-    return model, ref.make_optimizer(model, lr=0.01)
 
 
 def markdown_table(info: dict, rows: list[dict], attack: dict | None) -> str:

@@ -59,7 +59,7 @@ def train_pair(device: str, batch: int) -> tuple[str, Pair]:
     x = torch.rand(batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     fast_model, ref_model = make_model("small_cnn", device, True), make_model("small_cnn", device, False)
-    fast = make_fast_step("at", fast_model, ref.make_optimizer(fast_model, lr=0.01))
+    fast = make_fast_step("at", fast_model)
     slow = ref.make_step("at", ref_model, ref.make_optimizer(ref_model, lr=0.01))
     return f"AT+FR train step small_cnn B={batch}", {"fused": lambda: fast(x, y), "reference": lambda: slow(x, y)}
 

@@ -44,11 +44,10 @@ def train_one(impl: str, seed: int, epochs: int, x: Tensor, y: Tensor) -> tuple[
     torch.manual_seed(seed)
     model = build_model("small_cnn", 10, 1, mean=list(info.mean), std=list(info.std))
     model = model.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
-    optimizer = ref.make_optimizer(model, lr=LR)
     if fast:
-        step = make_fast_step("at", model, optimizer, eps=EPS, alpha=ALPHA, steps=STEPS)
+        step = make_fast_step("at", model, eps=EPS, alpha=ALPHA, steps=STEPS, lr=LR)
     else:
-        step = ref.make_step("at", model, optimizer, eps=EPS, alpha=ALPHA, steps=STEPS)
+        step = ref.make_step("at", model, ref.make_optimizer(model, lr=LR), eps=EPS, alpha=ALPHA, steps=STEPS)
     start = time.perf_counter()
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1000 + epoch))

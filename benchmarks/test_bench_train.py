@@ -28,10 +28,9 @@ def one_thread():
 def _step(impl: str, method: str):
     fast = impl == "fr_fast"
     model = make_model("small_cnn", "cpu", channels_last=fast)
-    optimizer = ref.make_optimizer(model, lr=0.01)
     if fast:
-        return make_fast_step(method, model, optimizer, steps=ATTACK_STEPS)
-    return ref.make_step(method, model, optimizer, steps=ATTACK_STEPS)
+        return make_fast_step(method, model, steps=ATTACK_STEPS)
+    return ref.make_step(method, model, ref.make_optimizer(model, lr=0.01), steps=ATTACK_STEPS)
 
 
 @pytest.mark.parametrize("impl", ["reference", "fr_fast"])

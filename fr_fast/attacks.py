@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fr_fast import pgd_step_, random_start_
+from fr_fast.ops import pgd_step_, random_start_
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES = ("ce", "cw")

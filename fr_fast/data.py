@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from fr_fast.seeding import mix_seed
+
 SPLITS = ("train", "val", "test")
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_DIR_ENV = "FR_FAST_DATA_DIR"
@@ -556,15 +558,6 @@ def augment_batch(x: torch.Tensor, policy: str | None, generator: torch.Generato
 
 
 # ---------------------------------------------------------------------------------------- loader
-def _mix_seed(*parts: int) -> int:
-    """Combine integers into one 63-bit seed (distinct (seed, epoch, ...) tuples give distinct streams)."""
-    h = 0x2545F4914F6CDD1D
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 % (1 << 64)
-        h ^= h >> 29
-    return h & ((1 << 63) - 1)
-
-
 class BatchLoader:
     """Iterable of ``(x, y)`` batches with reproducible order and augmentation.
 
@@ -613,7 +606,7 @@ class BatchLoader:
             self.sampler.set_epoch(epoch)
             return torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64)
         if self.train:
-            return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(_mix_seed(self.seed, epoch)))
+            return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
         return torch.arange(len(self.dataset))
 
     def _num_samples(self) -> int:
@@ -627,7 +620,7 @@ class BatchLoader:
         epoch = self.epoch
         self.epoch += 1
         indices = self._indices(epoch)
-        aug_gen = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, self.rank, 1))
+        aug_gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
         for x_raw, y in self._raw_batches(indices):
             if self.device is not None:
                 non_blocking = self.device.type == "cuda"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import fr_fast
+from fr_fast.attacks import ce_loss, eval_mode, perturb
 
 # Numerical guards of the MART reference code (keep the log finite when a probability is 0 or 1).
 _MART_LOG_EPS = 1e-12
@@ -130,15 +130,12 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
     mart: CE from x + 0.001 * N(0, 1), model in eval mode during the attack.
     The model's mode is restored afterwards. Returns x_adv (B, C, H, W) in [0, 1], detached.
     """
-    from fr_fast.attacks import ce_loss, perturb  # summed CE: 16-bit input gradients do not underflow
-
+    # ce_loss is the summed CE: 16-bit input gradients do not underflow.
     if method in ("natural", "at"):
         return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps).detach()
     if method not in ("trades", "mart"):
         raise ValueError(f"no training attack for method {method!r}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x_init = (x + _SMALL_START_STD * torch.randn_like(x)).clamp_(0.0, 1.0)
         if method == "trades":
             with torch.no_grad():
@@ -147,11 +144,5 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
         else:
             loss_fn = ce_loss
         x_adv = perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init)
-    finally:
-        model.train(was_training)
     return x_adv.detach()
 
-
-def make_fr(lam: float, distance: str = "l1", fft: str = "1d") -> nn.Module:
-    """The FR term as a module (``fr_fast.FRLoss``); one place that builds it for the trainer."""
-    return fr_fast.FRLoss(lam=lam, distance=distance, fft=fft)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fr_fast
-from fr_fast.losses import base_loss, craft_adversarial, make_fr, mart_loss, trades_loss, training_loss
+from fr_fast.losses import base_loss, craft_adversarial, mart_loss, trades_loss, training_loss
 
 
 def _tiny(num_classes: int = 5) -> nn.Module:
@@ -82,7 +82,7 @@ def test_natural_loss_ignores_adversarial_for_ce():
 def test_fr_adds_lambda_times_fr_loss_and_flows_to_both_branches():
     model = _tiny().eval()
     x, x_adv, y = _batch()
-    fr = make_fr(0.1, "l1", "1d")
+    fr = fr_fast.FRLoss(0.1, "l1", "1d")
     loss, _ = training_loss("at", model, x, x_adv, y, fr=fr)
     expected = F.cross_entropy(model(x_adv), y) + 0.1 * fr_fast.fr_loss(model(x), model(x_adv))
     torch.testing.assert_close(loss, expected)
@@ -97,7 +97,7 @@ def test_fr_reuses_natural_logits_of_trades():
     model = _tiny().eval()
     model.register_forward_hook(lambda m, i, o: calls.append(1))
     x, x_adv, y = _batch()
-    training_loss("trades", model, x, x_adv, y, fr=make_fr(0.1))
+    training_loss("trades", model, x, x_adv, y, fr=fr_fast.FRLoss(0.1))
     assert len(calls) == 2  # x and x_adv once each; FR reuses the natural logits
 
 
@@ -107,7 +107,7 @@ def test_frwa_teacher_is_not_differentiated():
         for p in teacher.parameters():
             p.add_(0.1)
     x, x_adv, y = _batch()
-    loss, _ = training_loss("at", model, x, x_adv, y, fr=make_fr(0.5), teacher=teacher)
+    loss, _ = training_loss("at", model, x, x_adv, y, fr=fr_fast.FRLoss(0.5), teacher=teacher)
     expected = F.cross_entropy(model(x_adv), y) + 0.5 * fr_fast.fr_loss(teacher(x), model(x_adv))
     torch.testing.assert_close(loss, expected)
     loss.backward()
