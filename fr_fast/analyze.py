@@ -18,10 +18,12 @@ model and image and shared by the ``spectrum``, ``bands`` and ``panel`` analyses
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,8 @@ from torch.utils.data import DataLoader, Subset
 
 from fr_fast import spectral as sp
 from fr_fast.checkpoint import checkpoint_data_dir
+from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
+from fr_fast.config import knob
 from fr_fast.runfolder import ensure_writable_dir
 
 ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
@@ -77,25 +81,34 @@ def _parse_what(text: str) -> list[str]:
     return what
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fr-fast analyze", description=__doc__.splitlines()[0])
+@dataclass
+class AnalyzeOptions:
+    """The options of ``fr-fast analyze`` (one ``--name`` each; help generated from these fields)."""
+
+    out: Union[str, None] = knob(None, "results folder (created; required)")
+    what: str = knob(",".join(ANALYSES), "comma-separated subset of the analyses")
+    names: Union[list[str], None] = knob(None, "display names, one per checkpoint (null: from the file names)")
+    n_images: int = knob(1000, "test images for lpf/spectrum/bands (paper: 2000)")
+    heatmap_images: int = knob(200, "test images for the Fourier heat map")
+    heatmap_norm: float = knob(4.0, "L2 norm v of the Fourier basis noise")
+    bandwidths: Union[list[int], None] = knob(None, "bandwidths to sweep (null: 4, 8, ..., image size)")
+    panel_bandwidth: int = knob(8, "LPF/HPF bandwidth of the panel figure")
+    panel_images: int = knob(4, "images in the panel figure")
+    eps: Union[float, None] = knob(None, "L-inf radius of the attack (null: the checkpoint's eps)")
+    steps: int = knob(20, "PGD steps (paper: 20)")
+    batch_size: int = knob(250, "batch size")
+    data_dir: Union[str, None] = knob(None, "data set folder (null: the checkpoint's data_dir)")
+    device: Union[str, None] = knob(None, "cpu | cuda | cuda:N (null: cuda if available, else cpu)")
+    seed: int = knob(0, "seed of the test-image subset and heat-map signs")
+    progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    """The ``fr-fast analyze`` parser and the names of its generated options."""
+    p = make_parser("fr-fast analyze", "The paper's Fourier-domain analyses and figures for one or more "
+                    f"checkpoints: {', '.join(ANALYSES)}.")
     p.add_argument("checkpoints", nargs="+", help="checkpoint files written by fr-fast train")
-    p.add_argument("--out", required=True, help="results folder (created)")
-    p.add_argument("--what", default=",".join(ANALYSES), help=f"subset of {','.join(ANALYSES)}")
-    p.add_argument("--names", nargs="+", default=None, help="display names, one per checkpoint")
-    p.add_argument("--n-images", type=int, default=1000, help="test images for lpf/spectrum/bands (paper: 2000)")
-    p.add_argument("--heatmap-images", type=int, default=200, help="test images for the Fourier heat map")
-    p.add_argument("--heatmap-norm", type=float, default=4.0, help="L2 norm v of the Fourier basis noise")
-    p.add_argument("--bandwidths", type=int, nargs="+", default=None, help="default: 4,8,...,size")
-    p.add_argument("--panel-bandwidth", type=int, default=8, help="LPF/HPF bandwidth of the panel figure")
-    p.add_argument("--panel-images", type=int, default=4)
-    p.add_argument("--eps", type=float, default=None, help="override the checkpoint's eps")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (paper: 20)")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--data-dir", "--data_dir", default=None, help="override the checkpoint's data_dir")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test-image subset and heat-map signs")
-    return p
+    return p, add_dataclass_options(p, AnalyzeOptions, "analysis options", dashes=True)
 
 
 def _load_test(cfg: dict, data_dir: str | None, n: int, seed: int):
@@ -120,12 +133,13 @@ def _slug(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"fr-fast analyze: error: {e}", file=sys.stderr)
-        return 2
+    parser, names = build_parser()
+
+    def body() -> int:
+        args, opts = parse_options(parser, AnalyzeOptions, names, argv)
+        return run(argparse.Namespace(checkpoints=args.checkpoints, **dataclasses.asdict(opts)))
+
+    return run_guarded("fr-fast analyze", argv, body)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
     from fr_fast.checkpoint import load_model
 
+    if not args.out:
+        raise ValueError("--out is required: the folder for the figures and tables")
     out = ensure_writable_dir(args.out, "--out folder")  # before any computation
     what = _parse_what(args.what)
     for path in args.checkpoints:

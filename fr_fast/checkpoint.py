@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fr_fast.paths import local_path
+
 FORMAT = "fr_fast.checkpoint"
 VERSION = 1
 TEMP_SUFFIX = ".tmp"
@@ -157,9 +159,10 @@ def _float_tensors(obj: Any, prefix: str):
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
-    Raises FileNotFoundError when ``path`` is missing and ValueError when it is not an fr_fast checkpoint.
+    Raises FileNotFoundError when ``path`` is missing and ValueError when it is a URL or not an fr_fast
+    checkpoint.
     """
-    path = Path(path)
+    path = local_path(path, "checkpoint")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:

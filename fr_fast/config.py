@@ -3,7 +3,7 @@
 A preset is a flat YAML mapping of :class:`TrainConfig` fields; it may name another preset with
 ``base: other.yaml`` (resolved relative to the preset's folder) whose values it overrides.
 Command-line overrides come last: ``--lr=0.05``, ``lam=0.2``, ``--lr_milestones=[10,20]``,
-``--eps=8/255``; a bare ``--flag`` sets a bool field to true. Values are parsed with
+``--eps=8/255``; a bare ``--flag`` sets a bool field to true, ``--no-flag`` to false. Values are parsed with
 ``yaml.safe_load`` and checked against the field's type: unknown or ill-typed fields raise a
 ``ValueError`` that names them.
 """
@@ -31,6 +31,18 @@ CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parent.parent / "config
                                 Path(__file__).resolve().parent / "configs") if d.is_dir())
 
 
+def knob(default: Any, help: str, *, bare: Any = None) -> Any:
+    """A config field with its one-line ``help`` (shown by ``fr-fast train --help``) next to its default.
+
+    A list or dict default is copied per instance; ``bare`` is the value a bare ``--name`` (no value) gives
+    a non-bool field (bool fields: true).
+    """
+    metadata = {"help": help, "bare": bare}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
     """Every knob of :func:`fr_fast.train.train`; defaults are the paper's CIFAR-10 ResNet18 AT recipe.
@@ -41,63 +53,73 @@ class TrainConfig:
     """
 
     # objective
-    method: str = "at"                     # natural | at | trades | mart | awp
-    awp_base: str = "at"                   # AWP on top of "at" or "trades"
-    fr: str = "none"                       # none | fr (teacher = the model itself) | frwa (teacher = weight average)
-    lam: float = 0.1                       # FR coefficient (0.05 for Tiny ImageNet in the paper)
-    distance: str = "l1"                   # l1 | l2 | cosine
-    fft: str = "1d"                        # "1d" = paper text (DFT over classes), "2d" = authors' code
-    fr_start_epoch: Union[int, None] = None  # None -> first lr milestone (paper); 0 -> from the start
-    wa: bool = False                       # keep a weight average even without FR/WA (not used as teacher)
-    wa_start_epoch: Union[int, None] = None  # None -> first lr milestone (paper, Eq. 3 updated once per epoch)
-    bn_recalibrate: bool = True            # re-estimate the averaged model's BN statistics (authors' code)
-    bn_recalibrate_batches: Union[int, None] = None  # None -> one full pass over the training loader
+    method: str = knob("at", "training objective: natural | at | trades | mart | awp")
+    awp_base: str = knob("at", "objective AWP perturbs the weights of: at | trades")
+    fr: str = knob("none", "frequency regularization: none | fr (teacher = the model itself) | "
+                   "frwa (teacher = the weight average)")
+    lam: float = knob(0.1, "FR coefficient lambda (paper: 0.1; 0.05 for Tiny ImageNet)")
+    distance: str = knob("l1", "FR distance between spectra: l1 | l2 | cosine")
+    fft: str = knob("1d", "FR transform: 1d (DFT over classes, paper text) | 2d (the authors' code)")
+    fr_start_epoch: Union[int, None] = knob(None, "epoch index FR starts at; null = the first lr milestone "
+                                            "(paper), 0 = from the start")
+    wa: bool = knob(False, "keep a weight average even without FR/WA (not used as teacher)")
+    wa_start_epoch: Union[int, None] = knob(None, "epoch index the weight average starts at (Eq. 3, updated "
+                                            "once per epoch); null = the first lr milestone")
+    bn_recalibrate: bool = knob(True, "re-estimate the averaged model's BatchNorm statistics (authors' code)")
+    bn_recalibrate_batches: Union[int, None] = knob(None, "batches used to re-estimate BN statistics; "
+                                                    "null = one full pass over the training loader")
     # model and data
-    model: str = "resnet18"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # architecture options, e.g. {width: 16}
-    dataset: str = "cifar10"
-    data_dir: Union[str, None] = None
-    pad_to: Union[int, None] = None
-    low_pass_bandwidth: Union[int, None] = None  # L-model: train and evaluate on low-pass filtered inputs
-    normalize: bool = False                # per-dataset mean/std inside the model (paper: inputs only scaled to [0, 1])
-    augment: Union[str, None] = "auto"       # "auto" -> the dataset's paper augmentation; None/"none" -> off
-    val_fraction: float = 0.1
-    num_workers: int = 0
-    fake_data: int = 0                     # > 0: that many random images of the dataset's shape (smoke tests)
+    model: str = knob("resnet18", "architecture name (see fr_fast.models)")
+    model_kwargs: dict[str, Any] = knob({}, "architecture options, e.g. {width: 16}")
+    dataset: str = knob("cifar10", "mnist | fashion_mnist | cifar10 | cifar100 | svhn | tinyimagenet")
+    data_dir: Union[str, None] = knob(None, "data set folder; null = $FR_FAST_DATA_DIR or data/<dataset>")
+    pad_to: Union[int, None] = knob(None, "zero-pad images to this side length (e.g. 32 for 28 px MNIST)")
+    low_pass_bandwidth: Union[int, None] = knob(None, "L-model: train and evaluate on low-pass filtered "
+                                                "inputs of this bandwidth")
+    normalize: bool = knob(False, "per-dataset mean/std inside the model (paper: inputs only scaled to [0, 1])")
+    augment: Union[str, None] = knob("auto", "augmentation policy; auto = the dataset's paper augmentation, "
+                                     "none = off")
+    val_fraction: float = knob(0.1, "fraction of the training set held out for validation (paper: 9:1)")
+    num_workers: int = knob(0, "DataLoader worker processes (folder data sets)")
+    fake_data: int = knob(0, "> 0: that many random images of the dataset's shape (smoke tests)")
     # optimisation
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: list[int] = field(default_factory=lambda: [75, 90])
-    lr_gamma: float = 0.1
+    epochs: int = knob(100, "training epochs")
+    batch_size: int = knob(128, "global batch size (split evenly over DDP ranks)")
+    lr: float = knob(0.1, "SGD learning rate")
+    momentum: float = knob(0.9, "SGD momentum")
+    weight_decay: float = knob(5e-4, "SGD weight decay (paper: 5e-4; 2e-4 for TRADES/MART)")
+    lr_milestones: list[int] = knob([75, 90], "epoch indices at which the lr is multiplied by lr_gamma")
+    lr_gamma: float = knob(0.1, "lr decay factor at each milestone")
     # attack used in training
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    attack_steps: int = 10
-    trades_beta: float = 6.0
-    mart_beta: float = 6.0
-    awp_gamma: float = 0.01                # AT-AWP code default (ResNet-sized models); TRADES-AWP uses 0.005
-    awp_warmup: int = 0                    # epochs before AWP switches on (TRADES-AWP code: 10)
+    eps: float = knob(8 / 255, "L-inf radius of the training attack (8/255 is accepted)")
+    alpha: float = knob(2 / 255, "PGD step size of the training attack")
+    attack_steps: int = knob(10, "PGD steps of the training attack")
+    trades_beta: float = knob(6.0, "TRADES robustness weight beta")
+    mart_beta: float = knob(6.0, "MART robustness weight beta")
+    awp_gamma: float = knob(0.01, "AWP weight perturbation size (AT-AWP code; TRADES-AWP uses 0.005)")
+    awp_warmup: int = knob(0, "epochs before AWP switches on (TRADES-AWP code: 10)")
     # speed
-    amp: str = "auto"                      # auto: bf16 (fp16 + GradScaler if no bf16) on CUDA; CPU: bf16 if native
-    channels_last: Union[bool, str] = "auto"  # auto: on for CUDA, off on CPU (slower there for small convs)
-    compile: bool = False
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    cpu_threads: Union[int, None] = None   # torch.set_num_threads for this run (None: leave as is)
+    amp: str = knob("auto", "autocast: auto (bf16, else fp16 + GradScaler on CUDA; CPU: bf16 if native) | "
+                    "bf16 | fp16 | off")
+    channels_last: Union[bool, str] = knob("auto", "channels-last memory format; auto = on for CUDA, off on CPU")
+    compile: bool = knob(False, "torch.compile the model")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    cpu_threads: Union[int, None] = knob(None, "torch CPU threads for this run; null = leave as is")
     # run
-    seed: int = 0
-    deterministic: bool = False
-    out_dir: str = "runs/default"
-    resume: Union[str, None] = None        # None | "last" (out_dir/last.pt) | a checkpoint path
-    val_every: int = 1
-    eval_pgd_steps: int = 20
-    select_by: str = "auto"                # best.pt by "pgd" (val PGD) or "clean" (val clean); auto: clean
-                                           # for natural training without FR (its PGD accuracy is ~0), else pgd
-    max_train_batches: Union[int, None] = None  # cap per epoch (tiny tests, benchmarks)
-    max_val_batches: Union[int, None] = None
-    progress: bool = True                  # tqdm bars (rank 0 only)
+    seed: int = knob(0, "seed of weights, data order, augmentation and attacks")
+    deterministic: bool = knob(False, "deterministic algorithms (bit-exact resume on CPU; slower)")
+    out_dir: str = knob("runs/default", "folder for checkpoints and metrics")
+    resume: Union[str, None] = knob(None, "null | last (out_dir/last.pt; also a bare --resume) | a checkpoint "
+                                    "path", bare="last")
+    val_every: int = knob(1, "validate every N epochs (and after the last)")
+    eval_pgd_steps: int = knob(20, "PGD steps of the validation attack")
+    select_by: str = knob("auto", "metric choosing best.pt: pgd | clean | auto (clean for natural training "
+                          "without FR, else pgd)")
+    max_train_batches: Union[int, None] = knob(None, "cap on training batches per epoch (tests, benchmarks)")
+    max_val_batches: Union[int, None] = knob(None, "cap on validation batches")
+    progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
+    tensorboard: bool = knob(False, "also log the metrics as TensorBoard scalars in out_dir/tensorboard "
+                             "(needs the tensorboard package)")
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -233,13 +255,14 @@ def _type_error(name: str, tp: Any, value: Any) -> ValueError:
     return ValueError(f"config field {name!r} expects {shown or tp}, got {value!r} ({type(value).__name__})")
 
 
-def _field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+def _field_types(cls: type | None = None) -> dict[str, Any]:
+    cls = TrainConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _unknown_field(name: str, where: str) -> ValueError:
-    close = difflib.get_close_matches(name, list(_field_types()), n=3)
+def _unknown_field(name: str, where: str, cls: type | None = None) -> ValueError:
+    close = difflib.get_close_matches(name, list(_field_types(cls)), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ValueError(f"unknown config field {name!r} in {where}{hint}")
 
@@ -277,25 +300,34 @@ def load_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     return values
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["--lr=0.05", "fr=frwa", "--compile"]`` into ``{"lr": 0.05, "fr": "frwa", "compile": True}``."""
-    types_ = _field_types()
+def parse_overrides(overrides: list[str], cls: type | None = None) -> dict[str, Any]:
+    """Turn ``["--lr=0.05", "fr=frwa", "--compile", "--no-wa"]`` into
+    ``{"lr": 0.05, "fr": "frwa", "compile": True, "wa": False}`` (fields of ``cls``, default TrainConfig)."""
+    types_ = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig if cls is None else cls)}
     values: dict[str, Any] = {}
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
         key, sep, raw = text.partition("=")
         key = key.strip().replace("-", "_")
+        if not sep and key not in types_ and key.startswith("no_") and types_.get(key[3:]) is bool:
+            values[key[3:]] = False
+            continue
         if key not in types_:
-            raise _unknown_field(key, f"override {item!r}")
+            raise _unknown_field(key, f"override {item!r}", cls)
         if not sep:
             if types_[key] is bool:
                 values[key] = True
                 continue
-            if key == "resume":
-                values[key] = "last"
+            bare = fields[key].metadata.get("bare")
+            if bare is not None:
+                values[key] = bare
                 continue
             raise ValueError(f"override {item!r} needs a value: --{key}=VALUE")
-        parsed = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            parsed = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"cannot parse the value of {key!r} in {item!r} (YAML syntax, e.g. [10, 20])") from None
         # Keep strings that YAML would turn into something else where the field wants a string
         # (e.g. out_dir=2024 or data_dir=~).
         if types_[key] in (str, Union[str, None]) and parsed is not None and not isinstance(parsed, str):
@@ -304,15 +336,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return values
 
 
-def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Type-check a raw mapping and build a :class:`TrainConfig` (unknown keys -> ValueError)."""
-    types_ = _field_types()
+def config_from_dict(values: dict[str, Any], where: str = "config", cls: type | None = None) -> Any:
+    """Type-check a raw mapping and build a :class:`TrainConfig` (or ``cls``); unknown keys -> ValueError."""
+    types_ = _field_types(cls)
     kwargs = {}
     for key, value in values.items():
         if key not in types_:
-            raise _unknown_field(key, where)
+            raise _unknown_field(key, where, cls)
         kwargs[key] = _coerce(key, value, types_[key])
-    return TrainConfig(**kwargs)
+    return (TrainConfig if cls is None else cls)(**kwargs)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

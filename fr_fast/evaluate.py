@@ -25,13 +25,15 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fr_fast import attacks as atk
+from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
+from fr_fast.config import knob
 from fr_fast.runfolder import ensure_writable_file
 
 DEFAULT_ATTACKS = ("clean", "pgd20", "pgd50", "cw", "aa")
@@ -283,68 +285,62 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _parse_eps(text: str) -> float:
-    """'8/255' or '0.3' -> float."""
-    num, _, den = text.partition("/")
-    try:
-        return float(num) / float(den) if den else float(num)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+@dataclass
+class EvalOptions:
+    """The options of ``fr-fast eval`` (one ``--name`` each; help generated from these fields)."""
+
+    n_examples: Union[int, None] = knob(None, "evaluate the first N test examples (null: all)")
+    batch_size: int = knob(256, "batch size")
+    attacks: str = knob(",".join(DEFAULT_ATTACKS), "comma-separated: clean, pgdN, cw, cwN, aa")
+    eps: Union[float, None] = knob(None, "L-inf radius, e.g. 8/255 (null: the run's eps)")
+    alpha: Union[float, None] = knob(None, "PGD/CW step size (null: eps/4)")
+    aa_version: str = knob("standard", f"AutoAttack version: {' | '.join(atk.AA_VERSIONS)}")
+    aa_steps: int = knob(100, "APGD/FAB iterations of AutoAttack (official: 100)")
+    restarts: int = knob(1, "PGD/CW restarts")
+    eps_curve: bool = knob(True, "also run the eps curve and the large-eps check")
+    data_dir: Union[str, None] = knob(None, "data set folder (null: the run's data_dir)")
+    device: Union[str, None] = knob(None, "cpu | cuda | cuda:N (null: cuda if available, else cpu)")
+    seed: int = knob(0, "seed of the attacks' random starts")
+    threads: Union[int, None] = knob(None, "torch CPU threads (1 on a machine shared with other jobs)")
+    out: Union[str, None] = knob(None, "write the report as JSON here")
+    robustbench_json: Union[str, None] = knob(None, "also write the result as a RobustBench model entry here "
+                                              "(needs aa among the attacks)")
+    progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``fr-fast eval CHECKPOINT``: evaluate a trained checkpoint on its dataset's test split."""
-    parser = argparse.ArgumentParser(prog="fr-fast eval", description=main.__doc__)
+    parser = make_parser("fr-fast eval", "Robustness report of a checkpoint on its data set's test split: "
+                         "clean, PGD, CW-inf and AutoAttack accuracy (%) with sanity checks.")
     parser.add_argument("checkpoint", help="checkpoint written by fr-fast train (e.g. runs/x/best.pt)")
-    parser.add_argument("--n-examples", type=int, default=None, help="first N test examples (default: all)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                        help="comma-separated: clean, pgdN, cw, cwN, aa (default: %(default)s)")
-    parser.add_argument("--eps", type=_parse_eps, default=None, help="default: the run's eps (e.g. 8/255)")
-    parser.add_argument("--alpha", type=_parse_eps, default=None, help="PGD step size (default: eps/4)")
-    parser.add_argument("--aa-version", default="standard", choices=atk.AA_VERSIONS)
-    parser.add_argument("--aa-steps", type=int, default=100, help="APGD/FAB iterations (official: 100)")
-    parser.add_argument("--restarts", type=int, default=1)
-    parser.add_argument("--no-eps-curve", action="store_true", help="skip the eps curve and large-eps check")
-    parser.add_argument("--data-dir", "--data_dir", default=None, help="default: the run's data_dir")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 on a machine shared with other jobs)")
-    parser.add_argument("--out", default=None, help="write the report as JSON here")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fr-fast eval: error: {exc}", file=sys.stderr)
-        return 2
+    names = add_dataclass_options(parser, EvalOptions, "evaluation options", dashes=True)
+    return run_guarded("fr-fast eval", argv, lambda: _run(*parse_options(parser, EvalOptions, names, argv)))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
     from fr_fast.checkpoint import checkpoint_data_dir, load_model
     from fr_fast.data import load_dataset
 
-    if args.out:  # before any computation: an unwritable --out must not cost a whole AutoAttack
-        ensure_writable_file(args.out, "--out file")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if opts.out:  # before any computation: an unwritable --out must not cost a whole AutoAttack
+        ensure_writable_file(opts.out, "--out file")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg = load_model(args.checkpoint, device=device)
     extra = {"low_pass_bandwidth": cfg["low_pass_bandwidth"]} if cfg.get("low_pass_bandwidth") else {}
-    dataset = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, args.data_dir, "fr-fast eval"),
+    dataset = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, opts.data_dir, "fr-fast eval"),
                            pad_to=cfg.get("pad_to"), **extra)
-    eps = cfg["eps"] if args.eps is None else args.eps
-    report = evaluate(model, dataset, eps=eps, alpha=args.alpha, attacks=[a for a in args.attacks.split(",") if a],
-                      n_examples=args.n_examples, batch_size=args.batch_size, aa_version=args.aa_version,
-                      aa_steps=args.aa_steps, restarts=args.restarts, eps_curve=not args.no_eps_curve,
-                      device=device, seed=args.seed, progress=not args.no_progress)
+    eps = cfg["eps"] if opts.eps is None else opts.eps
+    report = evaluate(model, dataset, eps=eps, alpha=opts.alpha, attacks=[a for a in opts.attacks.split(",") if a],
+                      n_examples=opts.n_examples, batch_size=opts.batch_size, aa_version=opts.aa_version,
+                      aa_steps=opts.aa_steps, restarts=opts.restarts, eps_curve=opts.eps_curve,
+                      device=device, seed=opts.seed, progress=opts.progress)
     report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"))
     print(format_table(report))
-    if args.out:
-        with open(args.out, "w") as f:
+    if opts.out:
+        with open(opts.out, "w") as f:
             json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
+        print(f"wrote {opts.out}")
     return 0
 
 

@@ -19,7 +19,6 @@ averaging step (``bn_recalibrate``, as the authors' code); validation uses the s
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,11 +33,13 @@ from tqdm.auto import tqdm
 
 from fr_fast.attacks import pgd
 from fr_fast.checkpoint import load_checkpoint, save_checkpoint
+from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run_guarded
 from fr_fast.config import TrainConfig, config_to_dict, load_config
 from fr_fast.data import TensorImageDataset, dataset_info, load_dataset, make_loader
 from fr_fast.losses import base_loss, craft_adversarial, training_loss
 from fr_fast.models import build_model
 from fr_fast.ops import FRLoss
+from fr_fast.paths import local_path
 from fr_fast.runtime import Runtime, autocast, resolve_amp, resolve_memory_format, runtime
 from fr_fast.seeding import mix_seed, seed_everything
 from fr_fast.state import TrainState
@@ -232,7 +233,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = TrainState(cfg, model, rt.amp_dtype)
         models = wrap_models(cfg, model, rt.world)
         if cfg.resume:
-            path = out_dir / "last.pt" if cfg.resume in ("last", "auto", "true") else Path(cfg.resume)
+            path = out_dir / "last.pt" if cfg.resume in ("last", "auto", "true") else local_path(cfg.resume, "resume")
             state.load_state_dict(load_checkpoint(path, map_location=rt.device))
             if rt.is_main:
                 print(f"resumed from {path} after epoch {state.epoch}", flush=True)
@@ -320,23 +321,30 @@ def summary_table(cfg: TrainConfig, summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``fr-fast train [PRESET] [--key=value ...]``: train with a YAML preset and overrides."""
-    parser = argparse.ArgumentParser(
-        prog="fr-fast train", description="Adversarial training with Frequency Regularization. "
-        "Any TrainConfig field can be overridden as --key=value (e.g. --fr=frwa --epochs=10 --lr_milestones=[5,8]).")
+    """``fr-fast train [PRESET] [--key value | --key=value | key=value ...]``: train with a preset and overrides."""
+    parser = make_parser("fr-fast train", "Adversarial training with Frequency Regularization: a YAML preset "
+                         "(path or name in configs/) plus overrides of any config field, e.g.\n"
+                         "  fr-fast train mnist_cnn_at_fr --epochs 10 --lr_milestones 5 8 --no-progress",
+                         usage="fr-fast train [PRESET] [--FIELD VALUE | --FIELD=VALUE | FIELD=VALUE ...] "
+                         "[--print-config] [--debug]")
     parser.add_argument("preset", nargs="?", default=None, help="YAML preset (path or name in configs/)")
+    parser.add_argument("overrides", nargs="*", default=[], help="key=value overrides (same as --key value)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        cfg = load_config(args.preset, overrides)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fr-fast train: error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps(config_to_dict(cfg), indent=2))
+    names = add_dataclass_options(parser, TrainConfig, "config fields (override the preset)")
+
+    def body() -> int:
+        args, options = parse_args(parser, TrainConfig, names, argv)
+        preset, overrides = args.preset, list(args.overrides)
+        if preset is not None and "=" in preset:  # no preset, only key=value overrides
+            preset, overrides = None, [preset, *overrides]
+        cfg = load_config(preset, [*overrides, *options])
+        if args.print_config:
+            print(json.dumps(config_to_dict(cfg), indent=2))
+            return 0
+        train(cfg)
         return 0
-    train(cfg)
-    return 0
+
+    return run_guarded("fr-fast train", argv, body)
 
 
 if __name__ == "__main__":
