@@ -57,7 +57,7 @@ def run_overrides(name: str, seed: int, args: argparse.Namespace, epochs: int, o
     if args.data_dir:
         common.append(f"--data_dir={args.data_dir}")
     if args.dry_run:
-        common += ["--fake_data=256", "--device=cpu", "--model_kwargs={}"]
+        common += ["--fake_data=128", "--device=cpu", "--model_kwargs={}"]
     if train_batches is not None:  # probe: FR and WA on from the first step, so the probe times them
         common += ["--fr_start_epoch=0", "--wa_start_epoch=0"]
     return [*common, *METHODS[name], *args.override]
@@ -134,7 +134,7 @@ def launch(runs: list[str], args: argparse.Namespace, extra: list[str], deadline
 def size_epochs(probes: list[dict], args: argparse.Namespace, seconds: float) -> tuple[int, float]:
     """Epochs that fit in ``seconds`` at the slowest run's probed speed (all runs train together)."""
     rate = min(p["images_per_s"] for p in probes) * TRAIN_UNITS  # attack-step units per second, per run
-    n_train = N_TRAIN if not args.dry_run else 230
+    n_train = N_TRAIN if not args.dry_run else 115
     n_val = N_VAL if args.val_batches is None else min(N_VAL, args.val_batches * args.batch_size)
     per_epoch = (n_train * TRAIN_UNITS + n_val * VAL_UNITS) / rate + 3.0  # + checkpoint, BN recalibration
     evaluation = (args.n_test * TEST_UNITS + args.n_aa * AA_UNITS) / rate + 15.0  # + start-up
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n-test", type=int, default=10_000)
-    p.add_argument("--n-aa", type=int, default=1_000)
+    p.add_argument("--n-aa", type=int, default=500)
     p.add_argument("--aa-version", default="fast")
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--val-batches", type=int, default=16, help="validation batches per epoch (16 x 128 = 2048 "
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.dry_run:
-        args.n_test, args.n_aa, args.val_batches, args.probe_batches = 64, 16, 1, 3
+        args.n_test, args.n_aa, args.val_batches, args.probe_batches = 32, 8, 1, 3
         args.batch_size, args.max_epochs, args.threads, args.model = 16, 2, 1, "small_cnn"
     if args.val_batches == 0:
         args.val_batches = None
