@@ -33,11 +33,10 @@ from fr_fast.paths import local_path
 FORMAT = "fr_fast.checkpoint"
 VERSION = 1
 TEMP_SUFFIX = ".tmp"
-# Test hook (tests/test_kill.py): with FR_FAST_TEST_PAUSE_SAVE=N the N-th save of the process announces
-# itself on stderr and sleeps inside the save (temporary file written, not yet renamed), so a test can
-# SIGKILL it there. Unset in normal use: the cost is one environment lookup per save.
+# Test hook (tests/test_kill.py): with FR_FAST_TEST_PAUSE_SAVE=best.pt@2 the save of best.pt holding
+# epoch 2 announces itself on stderr and sleeps inside the save (temporary file written, not yet renamed),
+# so a test can SIGKILL the process exactly there. Unset in normal use: one environment lookup per save.
 PAUSE_SAVE_ENV = "FR_FAST_TEST_PAUSE_SAVE"
-_saves_done = 0
 
 
 class DiskFullError(OSError):
@@ -51,7 +50,6 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     A crash or exception while writing leaves any previous file at ``path`` untouched. Raises
     :class:`DiskFullError` when the disk is full (the partial temporary file is removed).
     """
-    global _saves_done
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
@@ -61,8 +59,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        _saves_done += 1
-        _test_pause(path)
+        _test_pause(path, state.get("epoch"))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as exc:
@@ -102,9 +99,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _test_pause(path: Path) -> None:
+def _test_pause(path: Path, epoch: Any) -> None:
     wanted = os.environ.get(PAUSE_SAVE_ENV)
-    if wanted and int(wanted) == _saves_done:
+    if wanted and wanted == f"{path.name}@{epoch}":
         print(f"test hook: pausing inside the save of {path}", file=sys.stderr, flush=True)
         time.sleep(600)
 
