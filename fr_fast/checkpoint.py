@@ -40,7 +40,9 @@ PAUSE_SAVE_ENV = "FR_FAST_TEST_PAUSE_SAVE"
 
 
 class DiskFullError(OSError):
-    """No space left to write a checkpoint; the message names the path and the free space."""
+    """No space left to write a checkpoint; the message names the path and the free space (exit status 1)."""
+
+    exit_code = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Union
 import yaml
 
 from fr_fast.config import config_from_dict, parse_overrides
+from fr_fast.interrupt import Interrupted
 
 # Exceptions that mean "the user asked for something that cannot be done" (their messages name the
 # problem); anything else is a bug in fr_fast and keeps its traceback.
@@ -209,7 +210,8 @@ def debug_requested(argv: list[str] | None) -> bool:
 
 
 def run_guarded(prog: str, argv: list[str] | None, body: Callable[[], int | None]) -> int:
-    """Run a command's ``body``; a user error becomes one line on stderr and exit status 2 (unless --debug)."""
+    """Run a command's ``body``; a user error becomes one line on stderr and exit status 2 (unless --debug);
+    an exception with an ``exit_code`` (TrainingDiverged, DiskFullError, Interrupted) one line and that status."""
     try:
         return int(body() or 0)
     except USER_ERRORS as exc:
@@ -222,6 +224,12 @@ def run_guarded(prog: str, argv: list[str] | None, body: Callable[[], int | None
             raise
         print(f"{prog}: error: invalid YAML: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except Exception as exc:  # outcomes that carry their own exit status: divergence (1), full disk (1), a signal (130/143)
+        code = getattr(exc, "exit_code", None)
+        if code is None or debug_requested(argv):
+            raise
+        print(f"{prog}: {'' if isinstance(exc, Interrupted) else 'error: '}{error_text(exc)}", file=sys.stderr)
+        return int(code)
 
 
 def error_text(exc: BaseException) -> str:

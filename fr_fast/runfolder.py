@@ -6,7 +6,8 @@
   into the same folder fails at once naming the holder's pid. The kernel drops the lock when the holder
   dies, even by SIGKILL, so a killed run never leaves a stale lock behind.
 - :func:`claim_run_folder`: a fresh run into a folder that already holds a run's files needs ``resume``
-  or ``overwrite`` (which deletes them first).
+  or ``overwrite`` (which deletes them first). :func:`hold_run_folder` does all of the above for a run.
+- :func:`resume_source`: which checkpoint ``resume`` = last / auto / a path means.
 - :func:`ensure_writable_dir` / :func:`ensure_writable_file`: output paths are checked before any
   computation, so an evaluation is not lost to an unwritable ``--out``.
 - :func:`reconcile_best`: best.pt is written right after last.pt, so a kill between the two can leave
@@ -17,18 +18,21 @@ Errors are :class:`RunFolderError` (a ValueError) with a one-line message that n
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs are then unprotected against each other
     fcntl = None  # type: ignore[assignment]
 
-from fr_fast.checkpoint import load_checkpoint, save_checkpoint
+from fr_fast.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
+from fr_fast.paths import local_path
 
 RUNS_ROOT = "runs"
 LOCK_NAME = ".lock"
@@ -99,6 +103,41 @@ def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, overwrite: boo
                              "it, --overwrite to replace it, or choose another --out_dir")
     for name in found:
         (Path(out_dir) / name).unlink()
+
+
+def resume_source(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a run continues from: ``resume`` = last/true -> out_dir/last.pt (which must exist);
+    auto -> out_dir/last.pt if it exists, else None (a fresh start); a path -> that file; None -> None."""
+    if not resume:
+        return None
+    if resume not in ("last", "true", "auto"):
+        return local_path(resume, "resume")
+    path = Path(out_dir) / "last.pt"
+    if path.is_file():
+        return path
+    if resume == "auto":
+        return None
+    raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in {out_dir}); pass the run's "
+                            "--out_dir, or --resume=auto to start afresh when there is nothing to resume")
+
+
+@contextlib.contextmanager
+def hold_run_folder(out_dir: str | os.PathLike, *, resuming: bool, overwrite: bool,
+                    enabled: bool = True) -> Iterator[None]:
+    """For the life of a run (``with``): ``out_dir`` is writable, locked by this process, holds no other run's
+    files (unless ``resuming``, or ``overwrite`` which deletes them) and no temporaries of killed saves.
+
+    ``enabled`` False (the non-writing ranks of a DDP run) makes it a no-op.
+    """
+    if not enabled:
+        yield
+        return
+    ensure_writable_dir(out_dir, "out_dir")
+    with RunLock(out_dir):
+        claim_run_folder(out_dir, resume=resuming, overwrite=overwrite)
+        for p in remove_stale_temps(out_dir):
+            print(f"removed {p}, left by an interrupted save", file=sys.stderr, flush=True)
+        yield
 
 
 def reconcile_best(out_dir: str | os.PathLike, last: dict[str, Any]) -> str | None:

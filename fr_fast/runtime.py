@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -107,8 +108,11 @@ def runtime(cfg: TrainConfig) -> Iterator[Runtime]:
         seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         if cfg.batch_size % world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
-        yield Runtime(rank, world, device, resolve_amp(cfg.amp, device),
-                      resolve_memory_format(cfg.channels_last, device))
+        amp_dtype = resolve_amp(cfg.amp, device)
+        if rank == 0 and amp_dtype == torch.float16 and device.type == "cpu":
+            print("fr-fast: warning: amp=fp16 on the CPU is emulated and slow (often slower than float32); use "
+                  "amp=bf16 or amp=off", file=sys.stderr, flush=True)
+        yield Runtime(rank, world, device, amp_dtype, resolve_memory_format(cfg.channels_last, device))
     finally:
         torch.use_deterministic_algorithms(previous_det)
         torch.set_num_threads(previous_threads)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -31,14 +32,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fr_fast.attacks import pgd
-from fr_fast.checkpoint import load_checkpoint, save_checkpoint
+from fr_fast.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run_guarded
 from fr_fast.config import TrainConfig, config_to_dict, load_config
 from fr_fast.data import TensorImageDataset, dataset_info, load_dataset, make_loader
+from fr_fast.interrupt import StopOnSignal
 from fr_fast.losses import base_loss, craft_adversarial, training_loss
 from fr_fast.models import build_model
 from fr_fast.ops import FRLoss
-from fr_fast.paths import local_path
+from fr_fast.resume import apply_schedule_overrides, check_resume, override_record
+from fr_fast.runfolder import hold_run_folder, reconcile_best, resume_source
 from fr_fast.runtime import Runtime, autocast, resolve_amp, resolve_memory_format, runtime
 from fr_fast.seeding import mix_seed, seed_everything
 from fr_fast.state import TrainState
@@ -52,6 +55,12 @@ class StepResult(NamedTuple):
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss of a batch was NaN or infinite (raised before the weights change)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the model's state became NaN/inf; nothing non-finite was saved (exit status 1)."""
+
+    exit_code = 1
 
 
 def switches(cfg: TrainConfig, epoch: int) -> tuple[bool, bool]:
@@ -181,8 +190,12 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device,
 
 
 def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], loader, rt: Runtime,
-                epoch: int) -> dict[str, float]:
-    """One pass of ``step`` over ``loader`` (at most ``max_train_batches``): loss, accuracy, throughput."""
+                epoch: int, stop: StopOnSignal | None = None) -> dict[str, float]:
+    """One pass of ``step`` over ``loader`` (at most ``max_train_batches``): loss, accuracy, throughput.
+
+    Raises NonFiniteLoss naming the epoch and step; Interrupted after the step during which ``stop`` saw a
+    signal.
+    """
     n_batches = len(loader) if cfg.max_train_batches is None else min(len(loader), cfg.max_train_batches)
     show = rt.is_main and cfg.progress
     bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
@@ -195,12 +208,12 @@ def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], 
         try:
             result = step(x, y)
         except NonFiniteLoss as exc:
-            raise RuntimeError(
-                f"{exc} at epoch {epoch + 1} (index {epoch}), step {i}: stopping; the last good checkpoint is "
-                f"{Path(cfg.out_dir) / 'last.pt'} (lower lr, or amp=off)") from None
+            raise NonFiniteLoss(f"{exc} at epoch {epoch + 1} (index {epoch}), step {i}") from None
         sums += result.stats * torch.tensor([y.numel(), 1.0], device=rt.device)
         seen += y.numel()
         bar.update(1)
+        if stop is not None:
+            stop.check(f"after step {i + 1} of epoch {epoch + 1}")
         if show:
             rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{result.loss:.4f}", acc=f"{100 * sums[1].item() / seen:.1f}",
@@ -215,15 +228,29 @@ def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], 
             "images_per_s": seen / max(seconds, 1e-9), "epoch_time_s": seconds}
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def _diverged(what: str, last_good: Path | None, epoch: int) -> TrainingDiverged:
+    where = f"the last good checkpoint is {last_good} (epoch {epoch})" if last_good else "no checkpoint was written"
+    return TrainingDiverged(f"{what}; {where} (lower lr, or amp=off)")
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = False) -> dict[str, Any]:
     """Train one model as ``cfg`` says; returns a summary dict (best/final metrics, history, paths).
 
-    Raises RuntimeError when the loss becomes NaN/inf (the last good checkpoint is kept).
+    ``overwrite``: a fresh run may replace the run files already in ``out_dir`` (else RunFolderError).
+    ``resume_override``: on resume, ``lr``/``epochs``/``lr_milestones`` may differ from the checkpoint's and
+    are applied; without it, as for every other field that changes the training, a difference is a ValueError.
+
+    Raises TrainingDiverged when the loss or the weights/buffers become NaN/inf (nothing non-finite is
+    saved), Interrupted after the current step on SIGINT/SIGTERM, RunFolderBusy when another run holds
+    ``out_dir``.
     """
-    with runtime(cfg) as rt:
-        out_dir = Path(cfg.out_dir)
-        if rt.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(cfg.out_dir)
+    resume_from = resume_source(cfg.resume, out_dir)
+    with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(
+            out_dir, resuming=resume_from is not None or cfg.resume == "auto", overwrite=overwrite,
+            enabled=rt.is_main):
+        saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
+        changes = check_resume(saved["config"], cfg, resume_override) if saved is not None else {}
         train_loader, val_loader, info, in_channels = _loaders(cfg, rt)
         model_kwargs = dict(name=cfg.model, num_classes=info.num_classes, in_channels=in_channels,
                             mean=list(info.mean) if cfg.normalize else None,
@@ -231,13 +258,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model = build_model(**model_kwargs).to(rt.device, memory_format=rt.memory_format)
         state = TrainState(cfg, model, rt.amp_dtype)
         models = wrap_models(cfg, model, rt.world)
-        if cfg.resume:
-            path = out_dir / "last.pt" if cfg.resume in ("last", "auto", "true") else local_path(cfg.resume, "resume")
-            state.load_state_dict(load_checkpoint(path, map_location=rt.device))
+        overrides: list[dict[str, Any]] = []
+        if saved is not None:
+            state.load_state_dict(saved)
+            overrides = list(saved.get("resume_overrides", []))
+            if changes:  # checked above; --resume-override allowed them
+                apply_schedule_overrides(state.optimizer, state.scheduler, cfg)
+                overrides.append(override_record(changes, state.epoch))
             if rt.is_main:
-                print(f"resumed from {path} after epoch {state.epoch}", flush=True)
+                print(f"resumed from {resume_from} after epoch {state.epoch}", flush=True)
+                if changes:
+                    print(f"applied from epoch {state.epoch + 1}: " + ", ".join(
+                        f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()), flush=True)
+                if resume_from == out_dir / "last.pt" and (note := reconcile_best(out_dir, saved)):
+                    print(note, file=sys.stderr, flush=True)
+        del saved
+        last_good = resume_from  # the newest finite checkpoint on disk, for the divergence message
         select_key = cfg.resolved_select_by()
-        run_info = {"config": config_to_dict(cfg), "model_kwargs": model_kwargs, "selected_by": select_key}
+        run_info = {"config": config_to_dict(cfg), "model_kwargs": model_kwargs, "selected_by": select_key,
+                    "resume_overrides": overrides}
         if rt.is_main:  # metrics.jsonl mirrors the checkpoint's history (fresh run: empty; resume: up to its epoch)
             with open(out_dir / "metrics.jsonl", "w") as fh:
                 fh.writelines(json.dumps(h) + "\n" for h in state.history)
@@ -248,8 +287,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if cfg.uses_wa and state.average is None and epoch >= cfg.resolved_wa_start():
                 state.start_average()
             lr_used = state.optimizer.param_groups[0]["lr"]
-            metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_used, **train_epoch(
-                cfg, make_step(cfg, state, epoch, models), train_loader, rt, epoch)}
+            try:
+                metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_used, **train_epoch(
+                    cfg, make_step(cfg, state, epoch, models), train_loader, rt, epoch, stop)}
+            except NonFiniteLoss as exc:
+                raise _diverged(f"{exc}: stopping", last_good, epoch) from None
             state.scheduler.step()
             if state.average is not None:  # Eq. 3: fold this epoch's weights in, then fix its BN statistics
                 state.average.update(model)
@@ -266,7 +308,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             improved = state.record(metrics, select_key)
             if rt.is_main:
                 checkpoint = {**run_info, **state.state_dict()}
-                save_checkpoint(checkpoint, out_dir / "last.pt")
+                bad = nonfinite_entries(checkpoint)  # one fused reduction per epoch, before anything is written
+                if bad:
+                    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+                    raise _diverged(f"non-finite values in {bad[0]}{more} after epoch {epoch + 1} (the loss was "
+                                    "finite); not saved", last_good, epoch)
+                save_checkpoint(checkpoint, out_dir / "last.pt")  # last.pt first: reconcile_best relies on it
+                last_good = out_dir / "last.pt"
                 if improved:
                     save_checkpoint(checkpoint, out_dir / "best.pt")
                 with open(out_dir / "metrics.jsonl", "a") as fh:
@@ -274,6 +322,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 print(epoch_line(cfg, metrics), flush=True)
             if rt.world > 1:
                 dist.barrier()
+            if epoch + 1 < cfg.epochs:
+                stop.check(f"after epoch {epoch + 1} (saved)")
 
         summary = _summary(state, select_key, out_dir, time.perf_counter() - run_start, rt)
         if rt.is_main:
@@ -329,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("preset", nargs="?", default=None, help="YAML preset (path or name in configs/)")
     parser.add_argument("overrides", nargs="*", default=[], help="key=value overrides (same as --key value)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run files already in out_dir")
+    parser.add_argument("--resume-override", "--resume_override", action="store_true",
+                        help="on resume, apply changed lr / epochs / lr_milestones instead of refusing them")
     names = add_dataclass_options(parser, TrainConfig, "config fields (override the preset)")
 
     def body() -> int:
@@ -340,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
-        train(cfg)
+        train(cfg, overwrite=args.overwrite, resume_override=args.resume_override)
         return 0
 
     return run_guarded("fr-fast train", argv, body)
