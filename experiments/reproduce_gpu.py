@@ -71,34 +71,37 @@ def worker(args: argparse.Namespace) -> None:
     out_dir = args.out / ("probe" if args.probe else "work") / tag
     cfg = load_config(PRESET, run_overrides(name, seed, args, args.epochs, out_dir,
                                             args.probe_batches if args.probe else None))
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     start = time.perf_counter()
     summary = train(cfg)
     record = {"run": tag, "method": name, "seed": seed, "epochs": cfg.epochs, "lr_milestones": cfg.lr_milestones,
               "train_s": time.perf_counter() - start, "best_epoch": summary["best_epoch"],
               "best_val_pgd": summary["best_val_pgd"], "history": summary["history"],
               "images_per_s": statistics.median(h["images_per_s"] for h in summary["history"]),
-              "backend": fr_fast.backend(cfg.device if cfg.device != "auto" else
-                                         ("cuda" if torch.cuda.is_available() else "cpu"))}
-    if not args.probe:
-        model, run = load_model(summary["best_checkpoint"] or summary["last_checkpoint"], device=cfg.device
-                                if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        if args.dry_run:  # generated images of Fashion-MNIST's padded shape
-            g = torch.Generator().manual_seed(seed)
-            test_set = TensorDataset(torch.rand(args.n_test, 1, 32, 32, generator=g),
-                                     torch.randint(0, 10, (args.n_test,), generator=g))
-        else:
-            test_set = load_dataset(run["dataset"], "test", run.get("data_dir"), pad_to=32)
-        start = time.perf_counter()
-        report = evaluate(model, test_set, eps=run["eps"], attacks=TEST_ATTACKS, n_examples=args.n_test,
-                          eps_curve=False, progress=False, seed=seed)
-        aa = evaluate(model, test_set, eps=run["eps"], attacks=("clean", "aa"), n_examples=args.n_aa,
-                      aa_version=args.aa_version, eps_curve=False, progress=False, seed=seed)
-        record["eval_s"] = time.perf_counter() - start
-        record["accuracy"] = {a: report["attacks"][a]["accuracy"] for a in TEST_ATTACKS}
-        record["accuracy"]["aa"] = aa["attacks"]["aa"]["accuracy"]
-        record["accuracy"]["clean_aa_subset"] = aa["attacks"]["clean"]["accuracy"]
+              "backend": fr_fast.backend(device)}
     path = args.out / ("probe" if args.probe else "runs") / f"{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))  # saved now: a kill during evaluation keeps it
+    if args.probe:
+        return
+    model, run = load_model(summary["best_checkpoint"] or summary["last_checkpoint"], device=device)
+    if args.dry_run:  # generated images of Fashion-MNIST's padded shape
+        g = torch.Generator().manual_seed(seed)
+        test_set = TensorDataset(torch.rand(args.n_test, 1, 32, 32, generator=g),
+                                 torch.randint(0, 10, (args.n_test,), generator=g))
+    else:
+        test_set = load_dataset(run["dataset"], "test", run.get("data_dir"), pad_to=32)
+    start, record["accuracy"] = time.perf_counter(), {}
+    report = evaluate(model, test_set, eps=run["eps"], attacks=TEST_ATTACKS, n_examples=args.n_test,
+                      eps_curve=False, progress=False, seed=seed)
+    record["accuracy"].update({a: report["attacks"][a]["accuracy"] for a in TEST_ATTACKS})
+    record["eval_s"] = time.perf_counter() - start
+    path.write_text(json.dumps(record, indent=2, default=str))
+    aa = evaluate(model, test_set, eps=run["eps"], attacks=("clean", "aa"), n_examples=args.n_aa,
+                  aa_version=args.aa_version, eps_curve=False, progress=False, seed=seed)
+    record["accuracy"]["aa"] = aa["attacks"]["aa"]["accuracy"]
+    record["accuracy"]["clean_aa_subset"] = aa["attacks"]["clean"]["accuracy"]
+    record["eval_s"] = time.perf_counter() - start
     path.write_text(json.dumps(record, indent=2, default=str))
 
 
@@ -138,7 +141,8 @@ def size_epochs(probes: list[dict], args: argparse.Namespace, seconds: float) ->
     n_val = N_VAL if args.val_batches is None else min(N_VAL, args.val_batches * args.batch_size)
     per_epoch = (n_train * TRAIN_UNITS + n_val * VAL_UNITS) / rate + 3.0  # + checkpoint, BN recalibration
     evaluation = (args.n_test * TEST_UNITS + args.n_aa * AA_UNITS) / rate + 15.0  # + start-up
-    return max(1, min(args.max_epochs, int((seconds - evaluation) / per_epoch))), per_epoch
+    # 85 %: the probe's speed is a guess for the whole run (cuDNN autotuning, evaluation batch sizes)
+    return max(1, min(args.max_epochs, int((0.85 * seconds - evaluation) / per_epoch))), per_epoch
 
 
 def summarise(args: argparse.Namespace, meta: dict) -> dict:
@@ -153,7 +157,7 @@ def summarise(args: argparse.Namespace, meta: dict) -> dict:
     lines = ["| method | seeds | clean | PGD-20 | CW∞ | AA | best epoch | img/s per run | train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, runs in by_method.items():
-        cells = [_mean_std([r["accuracy"][c] for r in runs]) for c in cols]
+        cells = [_mean_std([r["accuracy"][c] for r in runs if c in r.get("accuracy", {})]) for c in cols]
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells)
                      + f" | {','.join(str(r['best_epoch']) for r in runs)} | "
                      f"{statistics.mean(r['images_per_s'] for r in runs):.0f} | "
@@ -168,6 +172,8 @@ def summarise(args: argparse.Namespace, meta: dict) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"  # run cut short before this evaluation
     return f"{values[0]:.2f}" if len(values) == 1 else f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
@@ -189,7 +195,8 @@ def _plot_curves(by_method: dict[str, list[dict]], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+    if by_method:
+        axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
