@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fr_fast import spectral
+from fr_fast import plots, spectral
 from fr_fast.checkpoint import load_model
 from fr_fast.config import load_config
 from fr_fast.data import load_dataset
@@ -105,9 +105,9 @@ def spectral_analyses(records: dict, args: argparse.Namespace, test_set) -> dict
         spectra[label] = spectral.perturbation_spectrum(model, loader, run["eps"], n_images=args.n_spectral).mean
     figures = args.out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    spectral.plot_filtered_accuracy(low, figures / "filtered_accuracy.png", high=high,
+    plots.plot_filtered_accuracy(low, figures / "filtered_accuracy.png", high=high,
                                     title="Fashion-MNIST (32x32): accuracy on LPF / HPF test images")
-    spectral.plot_spectra(spectra, figures / "perturbation_spectra.png")
+    plots.plot_spectra(spectra, figures / "perturbation_spectra.png")
     return {"bandwidths": bandwidths, "low": low, "high": high}
 
 

@@ -28,11 +28,14 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
+from fr_fast import attacks, plots
 from fr_fast import spectral as sp
-from fr_fast.checkpoint import checkpoint_data_dir
+from fr_fast.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
+from fr_fast.data import load_dataset
 from fr_fast.runfolder import ensure_writable_dir
 
 ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
@@ -49,15 +52,13 @@ class _MemoAttack:
     """PGD whose result is remembered per input batch, so the analyses of one model share one attack."""
 
     def __init__(self, eps: float, alpha: float, steps: int):
-        from fr_fast import attacks
-
-        self._pgd, self.eps, self.alpha, self.steps = attacks.pgd, eps, alpha, steps
+        self.eps, self.alpha, self.steps = eps, alpha, steps
         self._cache: dict[str, Tensor] = {}
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         key = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
         if key not in self._cache:
-            self._cache[key] = self._pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps).detach()
+            self._cache[key] = attacks.pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps).detach()
         return self._cache[key]
 
 
@@ -112,8 +113,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
 
 
 def _load_test(cfg: dict, data_dir: str | None, n: int, seed: int):
-    from fr_fast.data import load_dataset
-
     ds = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, data_dir, "fr-fast analyze"),
                       pad_to=cfg.get("pad_to"))
     if len(ds) == 0:
@@ -143,10 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from fr_fast.checkpoint import load_model
-
     if not args.out:
         raise ValueError("--out is required: the folder for the figures and tables")
     out = ensure_writable_dir(args.out, "--out folder")  # before any computation
@@ -195,31 +190,31 @@ def run(args: argparse.Namespace) -> int:
             meta[name].update(heatmap_images=len(hy), heatmap_norm=args.heatmap_norm)
 
     written = []
-    sp.save_json(meta, out / "meta.json")
+    plots.save_json(meta, out / "meta.json")
     if low:
-        written.append(sp.plot_filtered_accuracy(low, out / "filtered_accuracy.png", high=high))
+        written.append(plots.plot_filtered_accuracy(low, out / "filtered_accuracy.png", high=high))
         rows = {f"{n} LPF": r for n, r in low.items()} | {f"{n} HPF": r for n, r in high.items()}
-        sp.save_accuracy_csv(rows, out / "filtered_accuracy.csv")
-        sp.save_json({"low_pass": low, "high_pass": high}, out / "filtered_accuracy.json")
+        plots.save_accuracy_csv(rows, out / "filtered_accuracy.csv")
+        plots.save_json({"low_pass": low, "high_pass": high}, out / "filtered_accuracy.json")
     if bands:
-        written.append(sp.plot_band_accuracy(bands, out / "band_accuracy.png"))
-        sp.save_json(bands, out / "band_accuracy.json")
+        written.append(plots.plot_band_accuracy(bands, out / "band_accuracy.png"))
+        plots.save_json(bands, out / "band_accuracy.json")
         rows = {f"{n} {key}": r[key] for n, r in bands.items() for key in ("lpf_input", "lpf_delta", "hpf_delta")}
-        sp.save_accuracy_csv(rows, out / "band_accuracy.csv")
+        plots.save_accuracy_csv(rows, out / "band_accuracy.csv")
     if "spectrum" in what and spectra:
-        written.append(sp.plot_spectra(spectra, out / "perturbation_spectrum.png"))
-        sp.save_json(spectra, out / "perturbation_spectrum.json")
+        written.append(plots.plot_spectra(spectra, out / "perturbation_spectrum.png"))
+        plots.save_json(spectra, out / "perturbation_spectrum.json")
         per_image = {f"{n} #{i}": s for n, r in examples.items() for i, s in enumerate(r.spectra)}
-        written.append(sp.plot_spectra(per_image, out / "perturbation_examples.png",
+        written.append(plots.plot_spectra(per_image, out / "perturbation_examples.png",
                                        title="|FFT| of single PGD perturbations (centred; log10)"))
     if heatmaps:
-        written.append(sp.plot_fourier_heatmaps(heatmaps, out / "fourier_heatmap.png",
+        written.append(plots.plot_fourier_heatmaps(heatmaps, out / "fourier_heatmap.png",
                                                 title=f"Fourier heat map (error rate, v={args.heatmap_norm})"))
-        sp.save_json(heatmaps, out / "fourier_heatmap.json")
+        plots.save_json(heatmaps, out / "fourier_heatmap.json")
     if "panel" in what:
         for name, r in examples.items():
             bw = min(args.panel_bandwidth, min(r.x.shape[-2:]))
-            written.append(sp.plot_panel(r.x, r.delta, bw, out / f"panel_{_slug(name)}.png",
+            written.append(plots.plot_panel(r.x, r.delta, bw, out / f"panel_{_slug(name)}.png",
                                          title=f"{name}: eps={meta[name]['eps']:.3g}, PGD-{args.steps}"))
     _write_summary(out / "summary.md", meta, low, high, bands)
     for p in written:

@@ -2,9 +2,10 @@
 
 A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain Python values (so it loads
 with ``weights_only=True``): ``format``, ``version``, ``config`` (``asdict(TrainConfig)``), ``model_kwargs``
-(what :func:`fr_fast.models.build_model` needs), ``model`` (the student's state dict), ``teacher`` (weight
-average or None), ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` (epochs completed),
-``best_val_score`` (of the ``selected_by`` metric) and ``history`` (per-epoch metrics).
+(what :func:`fr_fast.models.build_model` needs, the L-model's ``low_pass_bandwidth`` included), ``model``
+(the student's state dict), ``teacher`` (weight average or None), ``optimizer``, ``scheduler``, ``scaler``,
+``rng``, ``epoch`` (epochs completed), ``best_val_score`` (of the ``selected_by`` metric), ``best_epoch``,
+``selected_by`` and ``history`` (per-epoch metrics); :class:`fr_fast.state.TrainState` writes and reads them.
 
 Durability: a save writes a temporary file ``.<name>.<random>.tmp`` beside the target, fsyncs it, renames it
 over the target and fsyncs the folder, so after a crash at any instant the target holds either the old or
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fr_fast.models import build_model
 from fr_fast.paths import local_path
 
 FORMAT = "fr_fast.checkpoint"
@@ -183,10 +185,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     (model, cfg) : cfg is the run's config dict plus ``num_classes`` and ``in_channels``; it names at least
         dataset, data_dir, model, num_classes, eps.
     """
-    from fr_fast.models import build_model
-
     state = load_checkpoint(path, map_location="cpu")
     kwargs = dict(state["model_kwargs"])
+    # Checkpoints written before the L-model filter became a layer name it only in their config.
+    kwargs.setdefault("low_pass_bandwidth", state["config"].get("low_pass_bandwidth"))
     model = build_model(**kwargs)
     model.load_state_dict(state["model"])
     model.to(device).eval()

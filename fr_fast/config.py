@@ -21,6 +21,8 @@ from typing import Any, Union
 
 import yaml
 
+from fr_fast.checks import check_choice
+
 METHODS = ("natural", "at", "trades", "mart", "awp")
 FR_MODES = ("none", "fr", "frwa")
 AWP_BASES = ("at", "trades")
@@ -122,15 +124,15 @@ class TrainConfig:
                              "(needs the tensorboard package)")
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("awp_base", self.awp_base, AWP_BASES)
-        _check_choice("fr", self.fr, FR_MODES)
-        _check_choice("distance", self.distance, ("l1", "l2", "cosine"))
-        _check_choice("fft", self.fft, ("1d", "2d"))
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
+        check_choice("method", self.method, METHODS)
+        check_choice("awp_base", self.awp_base, AWP_BASES)
+        check_choice("fr", self.fr, FR_MODES)
+        check_choice("distance", self.distance, ("l1", "l2", "cosine"))
+        check_choice("fft", self.fft, ("1d", "2d"))
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
         if isinstance(self.channels_last, str):
-            _check_choice("channels_last", self.channels_last, ("auto",))
+            check_choice("channels_last", self.channels_last, ("auto",))
         for name, interval in RANGES.items():
             value = getattr(self, name)
             for item in (value if isinstance(value, list) else [value]):
@@ -188,12 +190,22 @@ def _in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+def parse_number(text: str) -> float:
+    """``"0.3"``, ``"5e-4"`` or a fraction such as ``"8/255"`` -> float; ValueError otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _FRACTION.match(text)
+    if match:
+        try:
+            return float(match.group(1)) / float(match.group(2))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ValueError(f"not a number or fraction: {text!r}")
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
@@ -233,14 +245,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return float(value)
         if isinstance(value, str):  # "5e-4" (YAML 1.1 reads it as a string) or "8/255"
             try:
-                return float(value)
+                return parse_number(value)
             except ValueError:
-                pass
-        match = _FRACTION.match(value) if isinstance(value, str) else None
-        if match:
-            try:
-                return float(match.group(1)) / float(match.group(2))
-            except (ValueError, ZeroDivisionError):
                 pass
         raise _type_error(name, tp, value)
     if tp is str:

@@ -114,12 +114,9 @@ class TensorImageDataset(Dataset):
     """Images held in memory as uint8 (N, C, H, W) plus int64 labels (N,).
 
     ``dataset[i]`` returns ``(x, y)``: x float32 (C, H, W) in [0, 1], y int64 scalar tensor.
-    ``low_pass_bandwidth`` (L-model input) is applied in :meth:`finish`, i.e. after augmentation
-    when batches come from :func:`make_loader`.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, info: DatasetInfo,
-                 low_pass_bandwidth: int | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, info: DatasetInfo):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -127,33 +124,27 @@ class TensorImageDataset(Dataset):
         self.images = images.contiguous()
         self.labels = labels.to(torch.int64)
         self.info = info
-        self.low_pass_bandwidth = low_pass_bandwidth
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.finish(to_float(self.images[index][None]))[0], self.labels[index]
+        return to_float(self.images[index]), self.labels[index]
 
     def raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 (C, H, W) image and its label, before any conversion."""
         return self.images[index], self.labels[index]
-
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Final per-batch transform (B, C, H, W) float in [0, 1] -> same; the L-model low-pass."""
-        return _apply_low_pass(x, self.low_pass_bandwidth)
 
 
 class FolderImageDataset(Dataset):
     """Images decoded from files on access (Tiny ImageNet); same item contract as TensorImageDataset."""
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], *, info: DatasetInfo,
-                 pad_to: int | None = None, low_pass_bandwidth: int | None = None):
+                 pad_to: int | None = None):
         self.files = list(files)
         self.labels = torch.as_tensor(list(labels), dtype=torch.int64)
         self.info = info
         self.pad_to = pad_to
-        self.low_pass_bandwidth = low_pass_bandwidth
 
     def __len__(self) -> int:
         return len(self.files)
@@ -174,10 +165,7 @@ class FolderImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, y = self.raw(index)
-        return self.finish(to_float(img[None]))[0], y
-
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        return _apply_low_pass(x, self.low_pass_bandwidth)
+        return to_float(img), y
 
 
 class _RawView(Dataset):
@@ -196,15 +184,6 @@ class _RawView(Dataset):
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images in 0..255 -> float32 in [0, 1]."""
     return images.to(torch.float32).div_(255.0)
-
-
-def _apply_low_pass(x: torch.Tensor, bandwidth: int | None) -> torch.Tensor:
-    if bandwidth is None:
-        return x
-    from fr_fast.spectral import low_pass
-
-    # clip=True: filtering rings slightly outside [0, 1]; the models' input contract is [0, 1].
-    return low_pass(x, bandwidth, clip=True)
 
 
 def _pad_images(images: torch.Tensor, pad_to: int) -> torch.Tensor:
@@ -419,7 +398,6 @@ def load_dataset(
     pad_to: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    low_pass_bandwidth: int | None = None,
 ) -> TensorImageDataset | FolderImageDataset:
     """Load one split of a dataset.
 
@@ -440,9 +418,6 @@ def load_dataset(
         Fraction of the training set held out as validation (paper: 0.1).
     seed : int
         Seed of the train/val permutation.
-    low_pass_bandwidth : int, optional
-        Keep only the centred ``bandwidth x bandwidth`` frequency square of every image
-        (:func:`fr_fast.spectral.low_pass`), the paper's L-model input; result clamped to [0, 1].
 
     Returns
     -------
@@ -452,7 +427,7 @@ def load_dataset(
     Raises
     ------
     ValueError
-        Unknown name/split or bad ``pad_to``/``val_fraction``/``low_pass_bandwidth``.
+        Unknown name/split or bad ``pad_to``/``val_fraction``.
     FileNotFoundError
         Data files missing; the message says what to download and where to put it.
     """
@@ -461,9 +436,6 @@ def load_dataset(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if pad_to is not None and pad_to < info.image_size:
         raise ValueError(f"pad_to={pad_to} is smaller than {name}'s {info.image_size}px images")
-    side = pad_to if pad_to is not None else info.image_size
-    if low_pass_bandwidth is not None and not 1 <= low_pass_bandwidth <= side:
-        raise ValueError(f"low_pass_bandwidth must be in [1, {side}] for {side}px images, got {low_pass_bandwidth}")
     if split == "val" and val_fraction == 0.0:
         raise ValueError("split='val' needs val_fraction > 0")
     path = Path(data_dir).expanduser() if data_dir is not None else None
@@ -477,8 +449,7 @@ def load_dataset(
             tr, va = train_val_indices(len(files), val_fraction, seed)
             keep = (tr if split == "train" else va).tolist()
             files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-        return FolderImageDataset(files, labels, info=info, pad_to=pad_to,
-                                  low_pass_bandwidth=low_pass_bandwidth)
+        return FolderImageDataset(files, labels, info=info, pad_to=pad_to)
 
     if name in ("mnist", "fashion_mnist"):
         images, labels = _load_mnist_like(name, path, train)
@@ -494,7 +465,7 @@ def load_dataset(
         images, labels = images[keep], labels[keep]
     if pad_to is not None:
         images = _pad_images(images, pad_to)
-    return TensorImageDataset(images, labels, info=info, low_pass_bandwidth=low_pass_bandwidth)
+    return TensorImageDataset(images, labels, info=info)
 
 
 # ---------------------------------------------------------------------------------- augmentation
@@ -629,8 +600,7 @@ class BatchLoader:
             x = to_float(x_raw)
             if self.augment is not None:
                 x = augment_batch(x, self.augment, aug_gen)
-            finish = getattr(self.dataset, "finish", None)
-            yield (finish(x) if finish is not None else x), y
+            yield x, y
 
     def _raw_batches(self, indices: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """uint8 image batches and labels, in ``indices`` order."""

@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from fr_fast.checkpoint import load_model
 from fr_fast.config import load_config
+from fr_fast.data import load_dataset
+from fr_fast.evaluate import evaluate
+from fr_fast.train import train
 
 PRESET = "mnist_cnn_at_fr"
 
@@ -21,11 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="runs/demo_mnist_at_fr", help="where checkpoints and metrics go")
     parser.add_argument("--test-examples", type=int, default=None, help="evaluate on the first N test images")
     args, overrides = parser.parse_known_args(argv)
-
-    from fr_fast.checkpoint import load_model
-    from fr_fast.data import load_dataset
-    from fr_fast.evaluate import evaluate
-    from fr_fast.train import train
 
     cfg = load_config(PRESET, [f"--out_dir={args.out_dir}", *overrides])
     print(f"fr_fast demo: {cfg.method.upper()} + FR (lam {cfg.lam}) | {cfg.model} on {cfg.dataset} | "

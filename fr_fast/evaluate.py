@@ -29,11 +29,14 @@ from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from fr_fast import attacks as atk
+from fr_fast.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
+from fr_fast.data import load_dataset
+from fr_fast.measure import batches, example_count, is_correct, model_device, progress_bar
 from fr_fast.runfolder import ensure_writable_file
 
 DEFAULT_ATTACKS = ("clean", "pgd20", "pgd50", "cw", "aa")
@@ -84,22 +87,6 @@ def attack_spec(name: str, eps: float, alpha: float, *, aa_version: str = "stand
     raise ValueError(f"unknown attack {name!r}: use clean, pgdN (e.g. pgd20), cw, cwN or aa")
 
 
-def _batches(data: Dataset | Iterable, n_examples: int | None, batch_size: int) -> tuple[Iterable, int | None]:
-    """(iterable of (x, y) batches, number of examples to evaluate or None if unknown).
-
-    A map-style Dataset is batched here (first ``n_examples`` items, in order); anything else (a
-    DataLoader, ``fr_fast.data.make_loader``'s loader, a list of batches) is iterated as given.
-    """
-    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        total = len(data) if n_examples is None else min(n_examples, len(data))
-        return DataLoader(Subset(data, range(total)), batch_size=batch_size, shuffle=False), total
-    inner = getattr(data, "dataset", None)
-    known = len(inner) if inner is not None and hasattr(inner, "__len__") else None
-    if known is None:
-        return data, n_examples
-    return data, known if n_examples is None else min(n_examples, known)
-
-
 @dataclass
 class _Tally:
     correct: int = 0
@@ -147,10 +134,7 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
         raise ValueError("attacks is empty: name at least one of clean, pgdN, cw, aa")
     if n_examples is not None and n_examples < 1:
         raise ValueError(f"n_examples must be >= 1 or None, got {n_examples}")
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     specs = [attack_spec(name, eps, alpha, aa_version=aa_version, aa_steps=aa_steps, restarts=restarts)
              for name in attacks]
     if len({s.name for s in specs}) != len(specs):
@@ -159,24 +143,20 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     curve_attack = f"pgd{curve_steps}"
     curve_specs = [attack_spec(curve_attack, e, max(e / 4, 1e-6)) for e in curve_eps]
     large_spec = attack_spec(curve_attack, LARGE_EPS, LARGE_EPS / 4)
-    batches, limit = _batches(data, n_examples, batch_size)
+    limit = example_count(data, n_examples)
 
     tallies = {s.name: _Tally() for s in specs}
     curve_correct = [0] * len(curve_specs)
     large_correct = curve_seen = seen = 0
     start = time.perf_counter()
-    bar = _progress_bar(limit, progress)
+    bar = progress_bar(desc="eval", enabled=progress, total=limit, unit="img")
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        for x, y in batches:
-            if limit is not None and seen >= limit:
-                break
-            keep = len(y) if limit is None else limit - seen
-            x, y = x[:keep].to(device), y[:keep].to(device)
+        for x, y in batches(data, n_examples, device, batch_size):
             for spec in specs:
                 t0 = time.perf_counter()
-                correct = _correct(model, spec.run(model, x, y), y)
+                correct = is_correct(model, spec.run(model, x, y), y)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 tallies[spec.name].seconds += time.perf_counter() - t0
@@ -185,8 +165,8 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
             if eps_curve and curve_seen < curve_examples:
                 xc, yc = x[: curve_examples - curve_seen], y[: curve_examples - curve_seen]
                 for i, spec in enumerate(curve_specs):
-                    curve_correct[i] += int(_correct(model, spec.run(model, xc, yc), yc).sum())
-                large_correct += int(_correct(model, large_spec.run(model, xc, yc), yc).sum())
+                    curve_correct[i] += int(is_correct(model, spec.run(model, xc, yc), yc).sum())
+                large_correct += int(is_correct(model, large_spec.run(model, xc, yc), yc).sum())
                 curve_seen += len(yc)
             seen += len(y)
             bar.update(len(y))
@@ -251,18 +231,8 @@ def sanity_checks(report: dict) -> tuple[dict[str, bool], list[str]]:
     return checks, warnings
 
 
-def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    with atk.eval_mode(model), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-        return model(x.float()).argmax(1) == y
-
-
 def _pct(correct: int, n: int) -> float:
     return 100.0 * correct / n if n else math.nan
-
-
-def _progress_bar(total: int | None, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="eval", unit="img", disable=not enabled, leave=False)
 
 
 def format_table(report: dict) -> str:
@@ -318,18 +288,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
-    from fr_fast.checkpoint import checkpoint_data_dir, load_model
-    from fr_fast.data import load_dataset
-
     if opts.out:  # before any computation: an unwritable --out must not cost a whole AutoAttack
         ensure_writable_file(opts.out, "--out file")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg = load_model(args.checkpoint, device=device)
-    extra = {"low_pass_bandwidth": cfg["low_pass_bandwidth"]} if cfg.get("low_pass_bandwidth") else {}
     dataset = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, opts.data_dir, "fr-fast eval"),
-                           pad_to=cfg.get("pad_to"), **extra)
+                           pad_to=cfg.get("pad_to"))
     eps = cfg["eps"] if opts.eps is None else opts.eps
     report = evaluate(model, dataset, eps=eps, alpha=opts.alpha, attacks=[a for a in opts.attacks.split(",") if a],
                       n_examples=opts.n_examples, batch_size=opts.batch_size, aa_version=opts.aa_version,

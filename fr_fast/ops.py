@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from fr_fast import reference
+from fr_fast.checks import check_choice, check_radius
 from fr_fast.reference import DISTANCES, FFT_MODES, REDUCTIONS
 
 try:
@@ -60,11 +61,6 @@ def _fused(device: torch.device) -> bool:
     return False
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
-
-
 def _check_float_tensor(name: str, tensor: object) -> None:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -103,9 +99,9 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     """
     _check_float_tensor("teacher_logits", teacher_logits)
     _check_float_tensor("adv_logits", adv_logits)
-    _check_choice("distance", distance, DISTANCES)
-    _check_choice("reduction", reduction, REDUCTIONS)
-    _check_choice("fft", fft, FFT_MODES)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("fft", fft, FFT_MODES)
     if teacher_logits.dim() != 2:
         raise ValueError(f"fr_loss expects (batch, classes) logits, got shape {tuple(teacher_logits.shape)}")
     _check_pair("fr_loss", ("teacher_logits", teacher_logits), ("adv_logits", adv_logits))
@@ -140,9 +136,9 @@ class FRLoss(torch.nn.Module):
         super().__init__()
         if not math.isfinite(lam) or lam < 0:
             raise ValueError(f"FRLoss: lam must be a finite number >= 0, got {lam}")
-        _check_choice("distance", distance, DISTANCES)
-        _check_choice("fft", fft, FFT_MODES)
-        _check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("distance", distance, DISTANCES)
+        check_choice("fft", fft, FFT_MODES)
+        check_choice("reduction", reduction, REDUCTIONS)
         self.lam, self.distance, self.fft, self.reduction = lam, distance, fft, reduction
 
     def forward(self, teacher_logits: Tensor, adv_logits: Tensor) -> Tensor:
@@ -153,11 +149,6 @@ class FRLoss(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- PGD step
-
-def _check_radius(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
 
 def _check_images(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
     _check_float_tensor("x_adv", x_adv)
@@ -206,7 +197,7 @@ def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: flo
     _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
-    _check_radius("eps", eps)
+    check_radius("eps", eps)
     if not _fused(x_adv.device):
         return reference.pgd_step_(x_adv, grad, x_nat, alpha, eps)
     return _run_in_place(lambda x, g, x0: torch.ops.fr_fast.pgd_step_(x, g, x0, float(alpha), float(eps)),
@@ -220,7 +211,7 @@ def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float) -> Tensor:
     ``x_adv`` itself; one fused pass then adds ``x_nat`` and clips.
     """
     _check_images("random_start_", x_adv, {"x_nat": x_nat})
-    _check_radius("eps", eps)
+    check_radius("eps", eps)
     if not _fused(x_adv.device):
         return reference.random_start_(x_adv, x_nat, eps)
     target = x_adv if _is_dense(x_adv) else torch.empty_like(x_nat)

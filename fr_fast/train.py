@@ -35,7 +35,7 @@ from fr_fast.attacks import pgd
 from fr_fast.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run_guarded
 from fr_fast.config import TrainConfig, config_to_dict, load_config
-from fr_fast.data import TensorImageDataset, dataset_info, load_dataset, make_loader
+from fr_fast.data import DatasetInfo, TensorImageDataset, dataset_info, load_dataset, make_loader
 from fr_fast.interrupt import StopOnSignal
 from fr_fast.losses import base_loss, craft_adversarial, training_loss
 from fr_fast.models import build_model
@@ -143,17 +143,15 @@ def _datasets(cfg: TrainConfig):
         n_val = max(1, int(cfg.fake_data * cfg.val_fraction))
         make = lambda n: TensorImageDataset(  # noqa: E731
             torch.randint(0, 256, (n, info.channels, size, size), dtype=torch.uint8, generator=g),
-            torch.randint(0, info.num_classes, (n,), generator=g), info=info,
-            low_pass_bandwidth=cfg.low_pass_bandwidth)
+            torch.randint(0, info.num_classes, (n,), generator=g), info=info)
         return make(cfg.fake_data), make(n_val), info
-    kwargs = dict(pad_to=cfg.pad_to, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                  low_pass_bandwidth=cfg.low_pass_bandwidth)
+    kwargs = dict(pad_to=cfg.pad_to, val_fraction=cfg.val_fraction, seed=cfg.seed)
     return (load_dataset(cfg.dataset, "train", cfg.data_dir, **kwargs),
             load_dataset(cfg.dataset, "val", cfg.data_dir, **kwargs), info)
 
 
 def _loaders(cfg: TrainConfig, rt: Runtime):
-    """(train loader, val loader, dataset info, image channels)."""
+    """(train loader, val loader, the model's arguments)."""
     train_set, val_set, info = _datasets(cfg)
     augment = info.augment if cfg.augment == "auto" else (None if cfg.augment in (None, "none") else cfg.augment)
     train_loader = make_loader(train_set, cfg.batch_size // rt.world, train=True, augment=augment, seed=cfg.seed,
@@ -162,7 +160,17 @@ def _loaders(cfg: TrainConfig, rt: Runtime):
     # (max_val_batches) then sees a random subset rather than the first classes.
     val_loader = make_loader(val_set, cfg.batch_size, train=True, augment=None, seed=cfg.seed,
                              num_workers=cfg.num_workers, device=rt.device)
-    return train_loader, val_loader, info, train_set[0][0].shape[0]
+    return train_loader, val_loader, _model_kwargs(cfg, info, train_set[0][0].shape)
+
+
+def _model_kwargs(cfg: TrainConfig, info: DatasetInfo, image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """What :func:`fr_fast.models.build_model` needs (stored in checkpoints as ``model_kwargs``)."""
+    side = min(image_shape[-2:])
+    if cfg.low_pass_bandwidth is not None and cfg.low_pass_bandwidth > side:
+        raise ValueError(f"low_pass_bandwidth must be in [1, {side}] for {side}px images, got {cfg.low_pass_bandwidth}")
+    return dict(name=cfg.model, num_classes=info.num_classes, in_channels=image_shape[0],
+                mean=list(info.mean) if cfg.normalize else None, std=list(info.std) if cfg.normalize else None,
+                low_pass_bandwidth=cfg.low_pass_bandwidth, **cfg.model_kwargs)
 
 
 def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device,
@@ -251,10 +259,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
             enabled=rt.is_main):
         saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
         changes = check_resume(saved["config"], cfg, resume_override) if saved is not None else {}
-        train_loader, val_loader, info, in_channels = _loaders(cfg, rt)
-        model_kwargs = dict(name=cfg.model, num_classes=info.num_classes, in_channels=in_channels,
-                            mean=list(info.mean) if cfg.normalize else None,
-                            std=list(info.std) if cfg.normalize else None, **cfg.model_kwargs)
+        train_loader, val_loader, model_kwargs = _loaders(cfg, rt)
         model = build_model(**model_kwargs).to(rt.device, memory_format=rt.memory_format)
         state = TrainState(cfg, model, rt.amp_dtype)
         models = wrap_models(cfg, model, rt.world)

@@ -82,6 +82,22 @@ def test_load_model(tmp_path: Path):
     torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
+def test_load_model_of_an_l_model_written_before_the_low_pass_layer(tmp_path: Path):
+    """Older checkpoints name the L-model's bandwidth only in their config: load_model builds the filter."""
+    from fr_fast.fourier import low_pass
+    from fr_fast.models import LowPass, build_model
+
+    kwargs = dict(name="small_cnn", num_classes=10, in_channels=1, mean=None, std=None, width=4)
+    model = build_model(**kwargs).eval()
+    save_checkpoint({"config": {"dataset": "mnist", "data_dir": None, "model": "small_cnn", "eps": 0.3,
+                                "low_pass_bandwidth": 8},
+                     "model_kwargs": kwargs, "model": model.state_dict()}, tmp_path / "l.pt")
+    loaded, _ = load_model(tmp_path / "l.pt")
+    assert isinstance(loaded[0], LowPass) and loaded[0].bandwidth == 8
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(low_pass(x, 8, clip=True)))
+
+
 def test_save_fsyncs_file_and_folder(tmp_path: Path, monkeypatch):
     synced = []
     real_fsync = os.fsync

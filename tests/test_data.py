@@ -224,8 +224,6 @@ def test_bad_arguments(tmp_path):
         load_dataset("fashion_mnist", "test", tmp_path, pad_to=20)
     with pytest.raises(ValueError, match="val_fraction"):
         load_dataset("fashion_mnist", "train", tmp_path, val_fraction=1.0)
-    with pytest.raises(ValueError, match="low_pass_bandwidth"):
-        load_dataset("fashion_mnist", "test", tmp_path, low_pass_bandwidth=29)
 
 
 # -------------------------------------------------------------------------- splits and padding
@@ -251,19 +249,6 @@ def test_pad_to_32(tmp_path):
     border = torch.ones(32, 32, dtype=torch.bool)
     border[2:30, 2:30] = False
     assert (xp[:, :, border] == 0).all()
-
-
-def test_low_pass_input_transform(tmp_path):
-    from fr_fast.spectral import low_pass
-
-    make_cifar10(tmp_path)
-    x, _ = _all(load_dataset("cifar10", "test", tmp_path))
-    xl, _ = _all(load_dataset("cifar10", "test", tmp_path, low_pass_bandwidth=8))
-    torch.testing.assert_close(xl, low_pass(x, 8).clamp(0, 1))
-    assert 0 <= xl.min() and xl.max() <= 1 and not torch.allclose(xl, x, atol=1e-2)
-    # The loader applies it after augmentation; without augmentation batches equal the items.
-    xb, _ = next(iter(make_loader(load_dataset("cifar10", "test", tmp_path, low_pass_bandwidth=8), 6, train=False)))
-    torch.testing.assert_close(xb, xl)
 
 
 # -------------------------------------------------------------------------------- augmentation

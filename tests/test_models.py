@@ -153,3 +153,41 @@ def test_cuda_channels_last_autocast():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(x)
     assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------ L-model filter layer
+def test_low_pass_layer_gives_the_logits_of_the_old_dataset_side_filter():
+    """The L-model's LowPass layer gives the same clean logits as the former dataset hook, which fed the
+    model ``low_pass(x, k, clip=True)`` of each loader batch, on the same images and weights."""
+    from fr_fast.data import load_dataset, make_loader
+    from fr_fast.fourier import low_pass
+
+    x, _ = next(iter(make_loader(load_dataset("mnist", "test"), 32, train=False)))
+    torch.manual_seed(0)
+    l_model = build_model("small_cnn", 10, 1, low_pass_bandwidth=8, width=8).eval()
+    plain = build_model("small_cnn", 10, 1, width=8).eval()
+    assert l_model.state_dict().keys() == plain.state_dict().keys()  # the filter has no state
+    plain.load_state_dict(l_model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(l_model(x), plain(low_pass(x, 8, clip=True)))
+        assert not torch.allclose(l_model(x), plain(x), atol=1e-3)  # the filter does change the input
+
+
+def test_low_pass_layer_passes_gradients_and_keeps_the_memory_format():
+    from fr_fast.fourier import low_pass
+    from fr_fast.models import LowPass
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = LowPass(6)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(2, 3, 16, 16)
+    (out * weights).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    (low_pass(x_ref, 6, clip=True) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="bandwidth must be an integer >= 1"):
+        LowPass(0)
+    with pytest.raises(ValueError, match="bandwidth must be in"):
+        LowPass(20)(torch.rand(1, 3, 16, 16))

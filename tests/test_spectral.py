@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from fr_fast import fourier, plots
 from fr_fast import spectral as sp
 
 
@@ -209,7 +210,7 @@ def test_fourier_basis_unit_norm_and_one_or_two_point_spectrum(h, w):
             assert b.norm().item() == pytest.approx(1.0)
             spec = sp.centered_spectrum(b)
             support = {tuple(p) for p in (spec > 1e-9).nonzero().tolist()}
-            mirror = sp._mirror(i, j, h, w)
+            mirror = fourier.mirror(i, j, h, w)
             assert support == {(i, j), mirror}
             torch.testing.assert_close(b, sp.fourier_basis(*mirror, h, w, dtype=torch.float64))
     # DC (centre) is its own mirror: a constant image
@@ -226,7 +227,7 @@ def test_heatmap_signs_are_shared_by_mirror_points():
     assert set(s.unique().tolist()) == {-1.0, 1.0}
     for i in range(6):
         for j in range(7):
-            assert torch.equal(s[i, j], s[sp._mirror(i, j, 6, 7)])
+            assert torch.equal(s[i, j], s[fourier.mirror(i, j, 6, 7)])
 
 
 def test_heatmap_of_input_independent_model_is_flat():
@@ -285,20 +286,20 @@ def test_plots_and_data_files_are_written(tmp_path):
     maps = {"a": torch.rand(8, 8), "b": torch.rand(8, 8)}
     x = torch.rand(2, 3, 8, 8)
     paths = [
-        sp.plot_filtered_accuracy(acc, tmp_path / "f" / "lpf.png", high=acc),
-        sp.plot_filtered_accuracy(acc, tmp_path / "lpf_only.png"),
-        sp.plot_spectra(maps, tmp_path / "spec.png"),
-        sp.plot_band_accuracy(bands, tmp_path / "bands.png"),
-        sp.plot_fourier_heatmaps(maps, tmp_path / "heat.png"),
-        sp.plot_panel(x, 0.03 * torch.randn_like(x), 4, tmp_path / "panel.png"),
-        sp.plot_panel(x[:, :1], 0.03 * torch.randn(2, 1, 8, 8), 4, tmp_path / "panel_gray.png"),
+        plots.plot_filtered_accuracy(acc, tmp_path / "f" / "lpf.png", high=acc),
+        plots.plot_filtered_accuracy(acc, tmp_path / "lpf_only.png"),
+        plots.plot_spectra(maps, tmp_path / "spec.png"),
+        plots.plot_band_accuracy(bands, tmp_path / "bands.png"),
+        plots.plot_fourier_heatmaps(maps, tmp_path / "heat.png"),
+        plots.plot_panel(x, 0.03 * torch.randn_like(x), 4, tmp_path / "panel.png"),
+        plots.plot_panel(x[:, :1], 0.03 * torch.randn(2, 1, 8, 8), 4, tmp_path / "panel_gray.png"),
     ]
     for p in paths:
         assert _is_png(p)
-    csv_path = sp.save_accuracy_csv(acc, tmp_path / "lpf.csv")
+    csv_path = plots.save_accuracy_csv(acc, tmp_path / "lpf.csv")
     lines = open(csv_path).read().splitlines()
     assert lines[0] == "series,4,8" and lines[1].startswith("natural (LPF),0.3000,0.9000")
-    js = sp.save_json({"heat": maps["a"], "bands": bands}, tmp_path / "d.json")
+    js = plots.save_json({"heat": maps["a"], "bands": bands}, tmp_path / "d.json")
     import json
 
     data = json.load(open(js))

@@ -135,8 +135,16 @@ def test_best_checkpoint_metric(tmp_path, method, fr, select_by, expected):
 
 
 def test_l_model_trains_on_low_pass_inputs(tmp_path):
+    from fr_fast.models import LowPass
+
     summary = train(_tiny_cfg("mnist_cnn_natural", tmp_path, "low_pass_bandwidth=8", "epochs=1"))
     assert summary["history"][0]["epoch"] == 1
+    assert isinstance(summary["model"][0], LowPass) and summary["model"][0].bandwidth == 8
+    model, _ = load_model(tmp_path / "last.pt")  # the filter is part of the saved model
+    assert load_checkpoint(tmp_path / "last.pt")["model_kwargs"]["low_pass_bandwidth"] == 8
+    assert isinstance(model[0], LowPass) and model[0].bandwidth == 8
+    with pytest.raises(ValueError, match=r"low_pass_bandwidth must be in \[1, 28\]"):
+        train(_tiny_cfg("mnist_cnn_natural", tmp_path / "big", "low_pass_bandwidth=40", "epochs=1"))
 
 
 PAPER_PRESETS = sorted(p.stem for p in CONFIG_DIRS[0].glob("*.yaml") if not p.stem.startswith(("mnist", "fashion")))

@@ -5,6 +5,7 @@ from typing import Callable, Sequence
 
 import torch.nn as nn
 
+from .low_pass import LowPass
 from .normalize import Normalize
 
 ModelFactory = Callable[..., nn.Module]
@@ -37,6 +38,7 @@ def build_model(
     in_channels: int = 3,
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
+    low_pass_bandwidth: int | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a classifier that takes images in [0, 1] and normalises them itself.
@@ -53,13 +55,16 @@ def build_model(
     mean, std : float or sequence of floats, optional
         Per-channel normalisation applied inside the model (a scalar is broadcast to all channels).
         ``None`` means no normalisation (mean 0, std 1). Usually ``DATASETS[name].mean/std``.
+    low_pass_bandwidth : int, optional
+        The L-model: a :class:`LowPass` first layer keeps only the centred ``k x k`` frequency square of
+        every input (clipped to [0, 1]); ``None`` means no filter.
     **kwargs
         Architecture options, e.g. ``width`` (small_cnn), ``depth``/``widen``/``dropout`` (wrn).
 
     Returns
     -------
     nn.Module
-        ``nn.Sequential(Normalize, network)``; ``model(x)`` maps (B, in_channels, H, W) float in
+        ``nn.Sequential([LowPass,] Normalize, network)``; ``model(x)`` maps (B, in_channels, H, W) float in
         [0, 1], H, W >= 28, contiguous or channels_last, to logits (B, num_classes).
     """
     if name not in _MODELS:
@@ -76,6 +81,8 @@ def build_model(
         0.0 if mean is None else mean, 1.0 if std is None else std, channels=in_channels
     )
     model = nn.Sequential()
+    if low_pass_bandwidth is not None:
+        model.add_module("low_pass", LowPass(low_pass_bandwidth))
     model.add_module("normalize", normalize)
     model.add_module("net", network)
     return model
