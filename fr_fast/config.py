@@ -22,6 +22,7 @@ from typing import Any, Union
 import yaml
 
 from fr_fast.checks import check_choice
+from fr_fast.runfolder import run_dir
 
 METHODS = ("natural", "at", "trades", "mart", "awp")
 FR_MODES = ("none", "fr", "frwa")
@@ -110,7 +111,8 @@ class TrainConfig:
     # run
     seed: int = knob(0, "seed of weights, data order, augmentation and attacks")
     deterministic: bool = knob(False, "deterministic algorithms (bit-exact resume on CPU; slower)")
-    out_dir: str = knob("runs/default", "folder for checkpoints and metrics")
+    out_dir: Union[str, None] = knob(None, "folder for checkpoints and metrics; null = runs/<preset>/<UTC time> "
+                                     "(with --resume: the newest run of the preset that has a last.pt)")
     resume: Union[str, None] = knob(None, "null | last (out_dir/last.pt; also a bare --resume) | a checkpoint "
                                     "path", bare="last")
     val_every: int = knob(1, "validate every N epochs (and after the last)")
@@ -368,6 +370,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     values = load_preset(path) if path is not None else {}
     values.update(parse_overrides(list(overrides or [])))
+    if values.get("out_dir") is None:
+        values["out_dir"] = run_dir(Path(path).stem if path is not None else "default", values.get("resume"))
     return config_from_dict(values, where=str(path) if path is not None else "overrides")
 
 

@@ -58,6 +58,13 @@ def latest_run(name: str, root: str | os.PathLike = RUNS_ROOT) -> Path | None:
     return runs[-1] if runs else None
 
 
+def run_dir(name: str, resume: str | None, root: str | os.PathLike = RUNS_ROOT) -> str:
+    """The out_dir of a run that names none: with ``resume`` = last/true/auto the newest earlier run of ``name``
+    that has a last.pt, else (or when there is none) a new :func:`default_out_dir`."""
+    latest = latest_run(name, root) if resume in ("last", "true", "auto") else None
+    return str(latest) if latest is not None else default_out_dir(name, root)
+
+
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Create ``path`` if needed and prove a file can be created in it; RunFolderError otherwise."""
     path = Path(path)

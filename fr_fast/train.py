@@ -19,6 +19,7 @@ averaging step (``bn_recalibrate``, as the authors' code); validation uses the s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -41,7 +42,7 @@ from fr_fast.losses import base_loss, craft_adversarial, training_loss
 from fr_fast.models import build_model
 from fr_fast.ops import FRLoss
 from fr_fast.resume import apply_schedule_overrides, check_resume, override_record
-from fr_fast.runfolder import hold_run_folder, reconcile_best, resume_source
+from fr_fast.runfolder import hold_run_folder, reconcile_best, resume_source, run_dir
 from fr_fast.runtime import Runtime, autocast, resolve_amp, resolve_memory_format, runtime
 from fr_fast.seeding import mix_seed, seed_everything
 from fr_fast.state import TrainState
@@ -252,6 +253,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
     saved), Interrupted after the current step on SIGINT/SIGTERM, RunFolderBusy when another run holds
     ``out_dir``.
     """
+    if cfg.out_dir is None:  # a TrainConfig built in code; load_config names the folder after the preset
+        cfg = dataclasses.replace(cfg, out_dir=run_dir("default", cfg.resume))
     out_dir = Path(cfg.out_dir)
     resume_from = resume_source(cfg.resume, out_dir)
     with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(

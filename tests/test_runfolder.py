@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fr_fast.config import load_config
 from fr_fast.runfolder import (RunFolderBusy, RunFolderError, RunLock, claim_run_folder, default_out_dir,
-                               ensure_writable_dir, ensure_writable_file, latest_run)
+                               ensure_writable_dir, ensure_writable_file, latest_run, run_dir)
 
 
 def test_default_out_dir_has_preset_and_timestamp(tmp_path):
@@ -86,3 +87,26 @@ def test_writable_checks(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError, match="not writable"):
         ensure_writable_dir(tmp_path / "file" / "sub")
+
+
+def test_run_dir_names_new_runs_and_finds_the_one_to_resume(tmp_path):
+    assert Path(run_dir("mnist_cnn_at", None, root=tmp_path)).parent == tmp_path / "mnist_cnn_at"
+    assert Path(run_dir("mnist_cnn_at", "auto", root=tmp_path)).parent == tmp_path / "mnist_cnn_at"  # none yet
+    assert Path(run_dir("mnist_cnn_at", "last", root=tmp_path)).parent == tmp_path / "mnist_cnn_at"  # train says
+    old = tmp_path / "mnist_cnn_at" / "20260101-000000"
+    old.mkdir(parents=True)
+    (old / "last.pt").write_bytes(b"x")
+    assert run_dir("mnist_cnn_at", "last", root=tmp_path) == str(old)
+    assert run_dir("mnist_cnn_at", "auto", root=tmp_path) == str(old)
+    assert run_dir("mnist_cnn_at", None, root=tmp_path) != str(old)
+    assert run_dir("other", "auto", root=tmp_path).startswith(str(tmp_path / "other"))
+
+
+def test_presets_get_their_own_timestamped_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = load_config("mnist_cnn_at").out_dir, load_config("mnist_cnn_at_fr").out_dir
+    assert re.fullmatch(r"runs/mnist_cnn_at/\d{8}-\d{6}", a) and re.fullmatch(r"runs/mnist_cnn_at_fr/\d{8}-\d{6}", b)
+    assert load_config("mnist_cnn_at", ["--out_dir=mine"]).out_dir == "mine"
+    (tmp_path / "runs" / "mnist_cnn_at" / "20260101-000000").mkdir(parents=True)
+    (tmp_path / "runs" / "mnist_cnn_at" / "20260101-000000" / "last.pt").write_bytes(b"x")
+    assert load_config("mnist_cnn_at", ["--resume"]).out_dir == "runs/mnist_cnn_at/20260101-000000"
