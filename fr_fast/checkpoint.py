@@ -73,9 +73,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             pass
         if _is_disk_full(exc):
             free = shutil.disk_usage(path.parent).free
-            raise DiskFullError(errno.ENOSPC, f"no space left on the device writing {path} "
-                                f"({free / 2**20:.1f} MiB free in {path.parent}); free space or choose "
-                                f"another out_dir") from exc
+            full = DiskFullError(f"no space left on the device writing {path} ({free / 2**20:.2f} MiB free in "
+                                 f"{path.parent}); free space or choose another out_dir")
+            full.errno = errno.ENOSPC
+            raise full from exc
         raise
 
 

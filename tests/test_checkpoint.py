@@ -168,3 +168,13 @@ def test_nonfinite_entries_one_host_sync_when_finite(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", counting)
     assert nonfinite_entries({f"p{i}": torch.randn(10) for i in range(50)}) == []
     assert calls["n"] == 1
+
+
+def test_disk_full_error_keeps_its_errno(tmp_path: Path, monkeypatch):
+    def full(obj, fh, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DiskFullError) as info:
+        save_checkpoint({}, tmp_path / "x.pt")
+    assert info.value.errno == errno.ENOSPC and str(info.value).startswith("no space left on the device writing")

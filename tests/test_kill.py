@@ -1,13 +1,14 @@
 """Real kills: `fr-fast train` in a subprocess, SIGKILLed at several points (two of them inside a checkpoint
 save), SIGINTed once, resumed with --resume=auto each time; the final last.pt and best.pt must equal, tensor
-for tensor, those of an uninterrupted run. Also: a second run into a busy folder, and a fresh run into a
-finished one, are refused.
+for tensor, those of an uninterrupted run. Also: a second run into the busy folder is refused, naming the
+holder's pid. (A fresh run into a finished run's folder: test_train_reliability.py.)
 
 Tiny on purpose (random images, width-4 CNN, 2 batches per epoch): each process spends most of its time
 importing torch.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -151,12 +152,8 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(tmp_path):
     for name in ("last.pt", "best.pt"):
         _assert_same(_comparable(load_checkpoint(reference / name)), _comparable(load_checkpoint(run / name)), name)
     assert _temps(run) == []
-    metrics = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 3 == len((reference / "metrics.jsonl").read_text().splitlines())
+    metrics = [[json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+               for folder in (reference, run)]
+    assert len(metrics[0]) == 3
+    _assert_same(*metrics, "metrics.jsonl")
 
-    # 7. A fresh run into the finished run's folder is refused (exit 2) and changes nothing.
-    before = (run / "last.pt").read_bytes()
-    p = _Train(run)
-    assert p.finish() == 2
-    assert re.search(r"already holds a run .*--resume.*--overwrite", p.lines[-1]), p.lines
-    assert (run / "last.pt").read_bytes() == before

@@ -60,6 +60,17 @@ def test_divergence_in_the_first_epoch_names_no_checkpoint(tmp_path, monkeypatch
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
 
 
+def test_lr_1e6_ends_with_exit_1_and_only_finite_checkpoints(tmp_path, capsys):
+    """The issue's reproduction: BN running variances overflow while the loss is still finite."""
+    assert main(["mnist_cnn_at_fr", *TINY, "epochs=3", "max_train_batches=1", "--lr=1e6",
+                 f"--out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("non-finite values in" in err or "loss became" in err)
+    for path in tmp_path.glob("*.pt"):
+        state = load_checkpoint(path)
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_after_the_current_step(tmp_path, monkeypatch, capsys, sig, code):
     real_loss = train_mod.training_loss
