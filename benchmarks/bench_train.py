@@ -25,7 +25,6 @@ attack used inside training. Writes benchmarks/results/train_<device>[_<tag>].{j
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import subprocess

@@ -105,7 +105,7 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     ----------
     model : nn.Module mapping (B, C, H, W) images in [0, 1] to (B, K) logits
     data : a map-style Dataset of (x, y) items, or any iterable of (x, y) batches (DataLoader,
-        ``fr_fast.data.make_loader``'s loader, a list); x in [0, 1]
+        ``fr_fast.data.BatchLoader``, a list); x in [0, 1]
     eps : L-inf radius (paper: 8/255; MNIST-like data commonly 0.3)
     alpha : PGD/CW step size; None -> eps / 4 (2/255 at eps = 8/255, as in the paper)
     attacks : names, see :func:`attack_spec`; default clean, pgd20, pgd50, cw (30 steps), aa
@@ -127,13 +127,8 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     (percent), "correct", "seconds", "settings"}}, ``worst_case`` (percent of examples that survive
     every attack), ``eps_curve``, ``large_eps``, ``checks``, ``warnings``, ``seconds``, ``device``.
     """
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    _check_arguments(eps, attacks, n_examples)
     alpha = eps / 4 if alpha is None else alpha
-    if not attacks:
-        raise ValueError("attacks is empty: name at least one of clean, pgdN, cw, aa")
-    if n_examples is not None and n_examples < 1:
-        raise ValueError(f"n_examples must be >= 1 or None, got {n_examples}")
     device = model_device(model) if device is None else torch.device(device)
     specs = [attack_spec(name, eps, alpha, aa_version=aa_version, aa_steps=aa_steps, restarts=restarts)
              for name in attacks]
@@ -195,6 +190,15 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     for message in report["warnings"]:
         print(f"WARNING: {message}", file=sys.stderr)
     return report
+
+
+def _check_arguments(eps: float, attacks: Sequence[str], n_examples: int | None) -> None:
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not attacks:
+        raise ValueError("attacks is empty: name at least one of clean, pgdN, cw, aa")
+    if n_examples is not None and n_examples < 1:
+        raise ValueError(f"n_examples must be >= 1 or None, got {n_examples}")
 
 
 def sanity_checks(report: dict) -> tuple[dict[str, bool], list[str]]:

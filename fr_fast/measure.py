@@ -2,7 +2,7 @@
 Fourier analyses (:mod:`fr_fast.spectral`, :mod:`fr_fast.heatmap`).
 
 ``data`` is either a map-style Dataset of ``(x, y)`` items (batched here, in order) or any iterable of
-``(x, y)`` batches (a DataLoader, ``fr_fast.data.make_loader``'s loader, a list); x is (N, C, H, W) in [0, 1].
+``(x, y)`` batches (a DataLoader, ``fr_fast.data.BatchLoader``, a list); x is (N, C, H, W) in [0, 1].
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from fr_fast.attacks import pgd
 from fr_fast.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run_guarded
 from fr_fast.config import TrainConfig, config_to_dict, load_config
-from fr_fast.data import DatasetInfo, TensorImageDataset, dataset_info, load_dataset, make_loader
+from fr_fast.data import BatchLoader, DatasetInfo, TensorImageDataset, dataset_info, load_dataset
 from fr_fast.interrupt import StopOnSignal
 from fr_fast.losses import base_loss, craft_adversarial, training_loss
 from fr_fast.models import build_model
@@ -155,11 +155,11 @@ def _loaders(cfg: TrainConfig, rt: Runtime):
     """(train loader, val loader, the model's arguments)."""
     train_set, val_set, info = _datasets(cfg)
     augment = info.augment if cfg.augment == "auto" else (None if cfg.augment in (None, "none") else cfg.augment)
-    train_loader = make_loader(train_set, cfg.batch_size // rt.world, train=True, augment=augment, seed=cfg.seed,
+    train_loader = BatchLoader(train_set, cfg.batch_size // rt.world, train=True, augment=augment, seed=cfg.seed,
                                distributed=rt.world > 1, num_workers=cfg.num_workers, device=rt.device)
     # Shuffled once with a fixed order (set_epoch(0) before each pass): a capped validation
     # (max_val_batches) then sees a random subset rather than the first classes.
-    val_loader = make_loader(val_set, cfg.batch_size, train=True, augment=None, seed=cfg.seed,
+    val_loader = BatchLoader(val_set, cfg.batch_size, train=True, augment=None, seed=cfg.seed,
                              num_workers=cfg.num_workers, device=rt.device)
     return train_loader, val_loader, _model_kwargs(cfg, info, train_set[0][0].shape)
 

@@ -10,9 +10,9 @@ import torch
 from fr_fast.data import (
     DATASETS,
     FASHION_MNIST_DEBIAN_DIR,
+    BatchLoader,
     augment_batch,
     load_dataset,
-    make_loader,
     parse_augment,
     read_idx,
 )
@@ -199,7 +199,7 @@ def test_tinyimagenet_folder(tmp_path):
     assert (len(tr), len(va)) == (9, 3) and not set(tr.files) & set(va.files)
     xg, _ = _check_items(tr, 3, 64, 200)  # includes the greyscale file, expanded to RGB
     # DataLoader path (files are decoded in the loader) gives the same images as indexing.
-    xb, yb = next(iter(make_loader(tr, 9, train=False)))
+    xb, yb = next(iter(BatchLoader(tr, 9, train=False)))
     torch.testing.assert_close(xb, xg)
 
 
@@ -305,17 +305,17 @@ def _epoch(loader):
 def test_loader_covers_each_sample_once_and_is_resumable(tmp_path):
     make_fashion(tmp_path)
     ds = load_dataset("fashion_mnist", "train", tmp_path)
-    loader = make_loader(ds, 8, train=True, augment="crop2", seed=3)
+    loader = BatchLoader(ds, 8, train=True, augment="crop2", seed=3)
     assert len(loader) == 5
     epochs = [_epoch(loader) for _ in range(3)]  # iterating advances the epoch
     x0, y0 = epochs[0]
     assert x0.shape == (36, 1, 28, 28) and sorted(y0.tolist()) == sorted(ds.labels.tolist())
     assert not torch.equal(epochs[0][1], epochs[1][1])  # new order each epoch
-    resumed = make_loader(ds, 8, train=True, augment="crop2", seed=3)
+    resumed = BatchLoader(ds, 8, train=True, augment="crop2", seed=3)
     resumed.set_epoch(2)
     xr, yr = _epoch(resumed)
     assert torch.equal(xr, epochs[2][0]) and torch.equal(yr, epochs[2][1])
-    other = make_loader(ds, 8, train=True, augment="crop2", seed=4)
+    other = BatchLoader(ds, 8, train=True, augment="crop2", seed=4)
     other.set_epoch(2)
     assert not torch.equal(_epoch(other)[0], epochs[2][0])
 
@@ -323,18 +323,18 @@ def test_loader_covers_each_sample_once_and_is_resumable(tmp_path):
 def test_eval_loader_keeps_order_and_drop_last(tmp_path):
     make_fashion(tmp_path)
     ds = load_dataset("fashion_mnist", "test", tmp_path)
-    x, y = _epoch(make_loader(ds, 4, train=False))
+    x, y = _epoch(BatchLoader(ds, 4, train=False))
     torch.testing.assert_close(x, _all(ds)[0])
     assert torch.equal(y, ds.labels)
-    dropped = make_loader(ds, 4, train=True, drop_last=True)
+    dropped = BatchLoader(ds, 4, train=True, drop_last=True)
     assert len(dropped) == 2 and _epoch(dropped)[0].shape[0] == 8
 
 
 def test_loader_worker_path_matches_fast_path(tmp_path):
     make_fashion(tmp_path)
     ds = load_dataset("fashion_mnist", "train", tmp_path)
-    fast = _epoch(make_loader(ds, 16, train=True, augment="crop2+flip", seed=1))
-    workers = _epoch(make_loader(ds, 16, train=True, augment="crop2+flip", seed=1, num_workers=1))
+    fast = _epoch(BatchLoader(ds, 16, train=True, augment="crop2+flip", seed=1))
+    workers = _epoch(BatchLoader(ds, 16, train=True, augment="crop2+flip", seed=1, num_workers=1))
     assert torch.equal(fast[0], workers[0]) and torch.equal(fast[1], workers[1])
 
 
@@ -344,10 +344,10 @@ def test_loader_distributed_single_process(tmp_path):
     make_fashion(tmp_path)
     ds = load_dataset("fashion_mnist", "train", tmp_path)
     with pytest.raises(ValueError, match="process group"):
-        make_loader(ds, 8, train=True, distributed=True)
+        BatchLoader(ds, 8, train=True, distributed=True)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        loader = make_loader(ds, 8, train=True, distributed=True, seed=0)
+        loader = BatchLoader(ds, 8, train=True, distributed=True, seed=0)
         _, y = _epoch(loader)
         assert sorted(y.tolist()) == sorted(ds.labels.tolist())
     finally:
@@ -359,8 +359,8 @@ def test_loader_distributed_single_process(tmp_path):
 def test_loader_device_augments_there(tmp_path, device):
     make_fashion(tmp_path)
     ds = load_dataset("fashion_mnist", "train", tmp_path)
-    ref = _epoch(make_loader(ds, 16, train=True, augment="crop2+flip", seed=5))
-    x, y = _epoch(make_loader(ds, 16, train=True, augment="crop2+flip", seed=5, device=device))
+    ref = _epoch(BatchLoader(ds, 16, train=True, augment="crop2+flip", seed=5))
+    x, y = _epoch(BatchLoader(ds, 16, train=True, augment="crop2+flip", seed=5, device=device))
     assert x.device.type == device and y.device.type == device
     assert torch.equal(x.cpu(), ref[0]) and torch.equal(y.cpu(), ref[1])
 
@@ -369,9 +369,9 @@ def test_loader_rejects_bad_arguments(tmp_path):
     make_fashion(tmp_path)
     ds = load_dataset("fashion_mnist", "test", tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
-        make_loader(ds, 0, train=True)
+        BatchLoader(ds, 0, train=True)
     with pytest.raises(ValueError, match="policy"):
-        make_loader(ds, 4, train=True, augment="rotate")
+        BatchLoader(ds, 4, train=True, augment="rotate")
 
 
 # ------------------------------------------------------------------------------------ real data

