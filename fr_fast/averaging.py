@@ -9,11 +9,13 @@ averaged network's batch-norm statistics are not the average of anything useful,
 
 AWP (Wu et al. 2020): a proxy copy of the model takes one SGD ascent step on the training loss; the
 per-layer weight difference, rescaled to the norm of that layer's weight and multiplied by ``gamma``, is
-added to the model before its own step and subtracted after it. As in the authors' code only weights with
-at least two dimensions (convolution and linear kernels) are perturbed.
+added to the model before its own step and removed after it (exactly: the weights before the perturbation
+plus the step). As in the authors' code only weights with at least two dimensions (convolution and linear
+kernels) are perturbed.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Callable, Iterable
 
@@ -134,10 +136,10 @@ class AWP:
     def __init__(self, model: nn.Module, gamma: float, proxy_lr: float = 0.01) -> None:
         if gamma < 0:
             raise ValueError(f"awp gamma must be >= 0, got {gamma}")
-        import copy
         self.model, self.gamma = model, gamma
         self.proxy = copy.deepcopy(model)
         self.proxy_optim = torch.optim.SGD(self.proxy.parameters(), lr=proxy_lr)
+        self._saved: dict[str, tuple[Tensor, Tensor]] = {}
 
     def perturbation(self, loss_fn: Callable[[nn.Module], Tensor]) -> dict[str, Tensor]:
         """One ascent step of ``loss_fn(proxy)`` from the current weights; returns the rescaled weight direction."""
@@ -161,13 +163,24 @@ class AWP:
         return diff
 
     @torch.no_grad()
-    def _add(self, diff: dict[str, Tensor], coeff: float) -> None:
+    def perturb(self, diff: dict[str, Tensor]) -> None:
+        """Add ``gamma * diff`` to the model's weights (remembering them before and after)."""
+        self._saved = {}
         for name, p in self.model.named_parameters():
             if name in diff:
-                p.add_(diff[name], alpha=coeff)
+                before = p.detach().clone()
+                p.add_(diff[name], alpha=self.gamma)
+                self._saved[name] = (before, p.detach().clone())
 
-    def perturb(self, diff: dict[str, Tensor]) -> None:
-        self._add(diff, self.gamma)
-
+    @torch.no_grad()
     def restore(self, diff: dict[str, Tensor]) -> None:
-        self._add(diff, -self.gamma)
+        """Remove the perturbation, keeping what the optimiser step changed since :meth:`perturb`.
+
+        ``w = w_before + (w_now - w_perturbed)``: the weights before the perturbation plus the step, so
+        without a step in between they come back bit-identical (``w - gamma * diff`` would round).
+        """
+        for name, p in self.model.named_parameters():
+            if name in diff:
+                before, perturbed = self._saved[name]
+                p.sub_(perturbed).add_(before)
+        self._saved = {}
