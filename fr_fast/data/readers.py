@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import pickle
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from fr_fast.restricted_pickle import load_restricted
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_DIR_ENV = "FR_FAST_DATA_DIR"
@@ -43,12 +45,21 @@ _DOWNLOAD_HINTS = {
 }
 
 
+_IDX_SIDE = 28  # MNIST and Fashion-MNIST images are 28x28
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) of unsigned bytes into an array of its stored shape."""
+    """Read an IDX file (``.gz`` or raw) of unsigned bytes into an array of its stored shape.
+
+    ValueError naming the file when it is damaged (bad gzip stream, wrong header, size mismatch).
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: unreadable ({type(exc).__name__}: {exc}); download it again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
@@ -74,21 +85,45 @@ def _load_idx_pair(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]
     if img_path is None or lbl_path is None:
         return None
     images, labels = read_idx(img_path), read_idx(lbl_path)
-    if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise ValueError(f"{img_path} / {lbl_path}: shapes {images.shape} and {labels.shape} do not match")
+    if images.ndim != 3 or images.shape[1:] != (_IDX_SIDE, _IDX_SIDE):
+        raise ValueError(f"{img_path}: holds images of shape {images.shape[1:]}, expected {_IDX_SIDE}x{_IDX_SIDE}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"{lbl_path}: {labels.shape[0] if labels.ndim else 0} labels for the {images.shape[0]} "
+                         f"images of {img_path.name}; the files do not belong together")
+    _check_labels(lbl_path, labels, 10)
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: labels range over [{labels.min()}, {labels.max()}], expected 0..{num_classes - 1}")
 
 
-def _cifar_arrays(batches: list[dict], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+def _cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows uint8 (N, 3072), labels int64 (N,)) of one CIFAR pickle, checked; ValueError naming the file.
+
+    Read with a restricted unpickler: a planted file cannot run code (see fr_fast.restricted_pickle).
+    """
+    batch = load_restricted(path)
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path}: not a CIFAR batch (needs 'data' and {label_key!r}, holds {keys})")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch[label_key])
     # Stored as rows of 3072 bytes: 1024 red, 1024 green, 1024 blue, each row-major 32x32.
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 rows of 3072 bytes")
+    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: {len(data)} images but {labels.size} {label_key} ({labels.dtype}); the file is "
+                         "damaged, download the data set again")
+    _check_labels(path, labels, num_classes)
+    return data, labels.astype(np.int64)
+
+
+def _cifar_arrays(paths: list[Path], label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    data, labels = zip(*(_cifar_batch(p, label_key, num_classes) for p in paths))
+    return (torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32).copy()),
+            torch.from_numpy(np.concatenate(labels)))
 
 
 # ---------------------------------------------------------------------------- per-dataset reading
@@ -169,7 +204,7 @@ def _load_cifar(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, t
     absent = [f for f in files if not (root / f).is_file()]
     if absent:
         raise missing(name, root, f"missing {', '.join(absent)}")
-    return _cifar_arrays([_unpickle(root / f) for f in files], label_key)
+    return _cifar_arrays([root / f for f in files], label_key, 10 if name == "cifar10" else 100)
 
 
 def _load_svhn(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,12 +214,20 @@ def _load_svhn(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]
         raise missing("svhn", data_dir, f"no {fname}")
     try:
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
     except ImportError as err:  # scipy is only needed for SVHN
         raise ImportError("reading SVHN .mat files needs scipy: pip install scipy") from err
-    mat = loadmat(str(root / fname))
-    x = np.asarray(mat["X"], dtype=np.uint8)  # (32, 32, 3, N)
-    y = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    path = root / fname
+    try:
+        mat = loadmat(str(path))
+        x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)  # (32, 32, 3, N), (N,)
+    except (MatReadError, ValueError, TypeError, OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not an SVHN .mat file ({type(exc).__name__}: {exc}); download it again") from None
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise ValueError(f"{path}: X has shape {x.shape} and y {len(y)} labels, expected (32, 32, 3, N) and N")
+    x, y = x.astype(np.uint8), y.astype(np.int64)
     y[y == 10] = 0  # SVHN labels the digit 0 as class 10
+    _check_labels(path, y, 10)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y)
 
 
