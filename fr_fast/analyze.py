@@ -28,14 +28,15 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from fr_fast import attacks, plots
+from fr_fast import runinfo
 from fr_fast import spectral as sp
 from fr_fast.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
 from fr_fast.data import load_dataset
+from fr_fast.progress import Progress
 from fr_fast.runfolder import ensure_writable_dir
 
 ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
@@ -153,10 +154,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--n-images, --heatmap-images and --panel-images must be >= 1")
     names = _model_names(args.checkpoints, args.names)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    environment = runinfo.describe(device)  # the analyses run in float32, contiguous, eager
+    print(runinfo.banner("analyze", environment), flush=True)
     n_eval = max(args.n_images, args.heatmap_images, args.panel_images)
+    show = args.progress
+    # one stage = one analysis of one model; "spectrum" and "panel" share a stage
+    per_model = len([w for w in what if w != "panel"]) + ("panel" in what and "spectrum" not in what)
+    stages = Progress(per_model * len(names), "analyze", "stage", enabled=show)
 
     low, high, spectra, examples, bands, heatmaps, meta = {}, {}, {}, {}, {}, {}, {}
-    for name, path in tqdm(list(zip(names, args.checkpoints)), desc="models"):
+    for name, path in zip(names, args.checkpoints):
         model, cfg = load_model(path, device=device)
         model.eval()
         test = _load_test(cfg, args.data_dir, n_eval, args.seed)
@@ -170,24 +177,34 @@ def run(args: argparse.Namespace) -> int:
         loader = DataLoader(Subset(test, range(min(args.n_images, len(test)))), batch_size=args.batch_size)
         meta[name] = {"checkpoint": str(path), "dataset": cfg["dataset"], "model": cfg.get("model"),
                       "eps": eps, "pgd_steps": args.steps, "pgd_alpha": eps / 4, "bandwidths": bws,
-                      "n_images": min(args.n_images, len(test))}
+                      "n_images": min(args.n_images, len(test)), "runtime": environment}
 
         if "lpf" in what:
-            low[name] = sp.filtered_accuracy(model, loader, bws, "low", progress=True)
-            high[name] = sp.filtered_accuracy(model, loader, bws, "high", progress=True)
+            stages.set_description(f"analyze {name}: lpf")
+            low[name] = sp.filtered_accuracy(model, loader, bws, "low", progress=show)
+            high[name] = sp.filtered_accuracy(model, loader, bws, "high", progress=show)
+            stages.update(1)
         if "bands" in what:
-            bands[name] = sp.perturbation_band_accuracy(model, loader, eps, bws, attack=attack, progress=True)
+            stages.set_description(f"analyze {name}: bands")
+            bands[name] = sp.perturbation_band_accuracy(model, loader, eps, bws, attack=attack, progress=show)
+            stages.update(1)
         if "spectrum" in what or "panel" in what:
+            stages.set_description(f"analyze {name}: spectrum")
             res = sp.perturbation_spectrum(model, loader, eps, None, attack=attack,
-                                           n_examples=args.panel_images, progress=True)
+                                           n_examples=args.panel_images, progress=show)
             spectra[name] = res.mean
             examples[name] = res
+            stages.update(1)
         if "heatmap" in what:
+            stages.set_description(f"analyze {name}: heatmap")
             hx, hy = _stack(test, args.heatmap_images)
             g = torch.Generator().manual_seed(args.seed)
             heatmaps[name] = sp.fourier_heatmap(model, hx, hy, args.heatmap_norm, generator=g,
-                                                batch_size=None, progress=True)
+                                                batch_size=None, progress=show)
             meta[name].update(heatmap_images=len(hy), heatmap_norm=args.heatmap_norm)
+            stages.update(1)
+    stages.set_description("analyze")
+    stages.close()
 
     written = []
     plots.save_json(meta, out / "meta.json")
@@ -233,6 +250,8 @@ def _write_summary(path: Path, meta: dict, low: dict, high: dict, bands: dict) -
     for name, m in meta.items():
         lines.append(f"- **{name}**: {m['dataset']} / {m['model']}, eps={m['eps']:.4g}, "
                      f"PGD-{m['pgd_steps']}, {m['n_images']} test images ({m['checkpoint']})")
+    if meta:
+        lines += ["", "Produced with: " + runinfo.banner("analyze", next(iter(meta.values()))["runtime"])]
     fmt = lambda v: f"{100 * v:.1f}"  # noqa: E731
     for title, results in (("Accuracy (%) on low-pass filtered inputs", low),
                            ("Accuracy (%) on high-pass filtered inputs", high)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 from typing import Any, Callable, Union
@@ -29,6 +30,7 @@ from fr_fast.interrupt import Interrupted
 # problem); anything else is a bug in fr_fast and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
                ImportError)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
               "0": False}
 
@@ -233,8 +235,8 @@ def run_guarded(prog: str, argv: list[str] | None, body: Callable[[], int | None
 
 
 def error_text(exc: BaseException) -> str:
-    """One line: the exception's message with line breaks folded."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """One line: the exception's message with line breaks folded and terminal escape codes removed."""
+    text = " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
     if isinstance(exc, ImportError) and "pip install" not in text:
         text += " (install the missing package)"
     return text

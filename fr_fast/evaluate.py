@@ -32,11 +32,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from fr_fast import attacks as atk
+from fr_fast import runinfo
 from fr_fast.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
 from fr_fast.data import load_dataset
 from fr_fast.measure import batches, example_count, is_correct, model_device, progress_bar
+from fr_fast.robustbench import default_name, robustbench_entry
 from fr_fast.runfolder import ensure_writable_file
 
 DEFAULT_ATTACKS = ("clean", "pgd20", "pgd50", "cw", "aa")
@@ -119,7 +121,7 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     curve_steps : PGD steps of those curve attacks (20)
     device : where to run; None -> the model's device
     seed : seeds the attacks' random starts (the caller's RNG state is restored afterwards)
-    progress : tqdm progress bar
+    progress : progress display (:mod:`fr_fast.progress`: per attack, with an ETA)
 
     Returns
     -------
@@ -150,6 +152,7 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
         torch.manual_seed(seed)
         for x, y in batches(data, n_examples, device, batch_size):
             for spec in specs:
+                bar.set_description(f"eval {spec.name}")
                 t0 = time.perf_counter()
                 correct = is_correct(model, spec.run(model, x, y), y)
                 if device.type == "cuda":
@@ -157,7 +160,9 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
                 tallies[spec.name].seconds += time.perf_counter() - t0
                 tallies[spec.name].correct += int(correct.sum())
                 tallies[spec.name].per_example.append(correct.cpu())
+                bar.update(0)  # a plain progress line is due after a long attack, too
             if eps_curve and curve_seen < curve_examples:
+                bar.set_description("eval eps curve")
                 xc, yc = x[: curve_examples - curve_seen], y[: curve_examples - curve_seen]
                 for i, spec in enumerate(curve_specs):
                     curve_correct[i] += int(is_correct(model, spec.run(model, xc, yc), yc).sum())
@@ -165,7 +170,8 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
                 curve_seen += len(yc)
             seen += len(y)
             bar.update(len(y))
-            bar.set_postfix({name: f"{100 * t.correct / seen:.1f}" for name, t in tallies.items()})
+            bar.set_postfix({f"{name} %": f"{100 * t.correct / seen:.1f}" for name, t in tallies.items()})
+    bar.set_description("eval")
     bar.close()
     if seen == 0:
         raise ValueError("no examples to evaluate: the dataset or loader is empty")
@@ -278,7 +284,9 @@ class EvalOptions:
     threads: Union[int, None] = knob(None, "torch CPU threads (1 on a machine shared with other jobs)")
     out: Union[str, None] = knob(None, "write the report as JSON here")
     robustbench_json: Union[str, None] = knob(None, "also write the result as a RobustBench model entry here "
-                                              "(needs aa among the attacks)")
+                                              "(needs clean and aa among the attacks)")
+    robustbench_name: Union[str, None] = knob(None, "model name of the RobustBench entry (null: the run "
+                                              "folder's name)")
     progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
 
 
@@ -292,25 +300,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
+    attacks = [a for a in opts.attacks.split(",") if a]
     if opts.out:  # before any computation: an unwritable --out must not cost a whole AutoAttack
         ensure_writable_file(opts.out, "--out file")
+    if opts.robustbench_json:
+        ensure_writable_file(opts.robustbench_json, "--robustbench-json file")
+        if not {"clean", "aa"} <= set(attacks):
+            raise ValueError("--robustbench-json needs the clean and aa attacks (e.g. --attacks clean,pgd20,aa)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    environment = runinfo.describe(device)  # attacks run in float32, contiguous, eager
+    print(runinfo.banner("eval", environment), flush=True)
     model, cfg = load_model(args.checkpoint, device=device)
     dataset = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, opts.data_dir, "fr-fast eval"),
                            pad_to=cfg.get("pad_to"))
     eps = cfg["eps"] if opts.eps is None else opts.eps
-    report = evaluate(model, dataset, eps=eps, alpha=opts.alpha, attacks=[a for a in opts.attacks.split(",") if a],
+    report = evaluate(model, dataset, eps=eps, alpha=opts.alpha, attacks=attacks,
                       n_examples=opts.n_examples, batch_size=opts.batch_size, aa_version=opts.aa_version,
                       aa_steps=opts.aa_steps, restarts=opts.restarts, eps_curve=opts.eps_curve,
                       device=device, seed=opts.seed, progress=opts.progress)
-    report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"))
+    report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"),
+                  runtime=environment)
     print(format_table(report))
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {opts.out}")
+    if opts.robustbench_json:
+        entry = robustbench_entry(report, name=opts.robustbench_name or default_name(args.checkpoint),
+                                  model=cfg.get("model"), model_kwargs=cfg.get("model_kwargs"))
+        with open(opts.robustbench_json, "w") as f:
+            json.dump(entry, f, indent=2)
+        print(f"wrote {opts.robustbench_json}")
     return 0
 
 

@@ -11,9 +11,9 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
-from tqdm.auto import tqdm
 
 from fr_fast.attacks import eval_mode
+from fr_fast.progress import Progress, track
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -65,6 +65,9 @@ def is_correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def progress_bar(iterable: Iterable | None = None, desc: str = "", enabled: bool = True, total: int | None = None,
-             unit: str = "it") -> tqdm:
-    """A tqdm bar over ``iterable`` (or a manual one when None), shown only when ``enabled``."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not enabled, leave=False)
+                 unit: str = "it") -> Progress | Iterator:
+    """Progress over ``iterable`` (or a manual :class:`~fr_fast.progress.Progress` when None), shown only when
+    ``enabled``: a bar on a terminal, plain periodic lines with an ETA otherwise."""
+    if iterable is None:
+        return Progress(total, desc, unit, enabled=enabled)
+    return track(iterable, desc, enabled=enabled, total=total, unit=unit)

@@ -51,14 +51,15 @@ def save_json(obj, path: str | os.PathLike) -> str:
 
 
 def save_accuracy_csv(results: Mapping[str, Mapping[int, float]], path: str | os.PathLike) -> str:
-    """Write {series name: {bandwidth: accuracy}} as a CSV with one row per series."""
+    """Write {series name: {bandwidth: accuracy fraction}} as a CSV with one row per series, in percent:
+    columns ``series, bw4_acc_pct, bw8_acc_pct, ...``."""
     path = _ensure_parent(path)
     bws = sorted({int(k) for r in results.values() for k in r})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["series", *bws])
+        writer.writerow(["series", *(f"bw{b}_acc_pct" for b in bws)])
         for name, r in results.items():
-            writer.writerow([name, *(f"{r[k]:.4f}" if k in r else "" for k in bws)])
+            writer.writerow([name, *(f"{100 * r[k]:.2f}" if k in r else "" for k in bws)])
     return path
 
 

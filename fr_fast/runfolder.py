@@ -36,7 +36,7 @@ from fr_fast.paths import local_path
 
 RUNS_ROOT = "runs"
 LOCK_NAME = ".lock"
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "run.json")
 
 
 class RunFolderError(ValueError):
@@ -93,7 +93,7 @@ def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> 
 
 
 def existing_run_files(out_dir: str | os.PathLike) -> list[str]:
-    """Which of last.pt, best.pt, metrics.jsonl exist in ``out_dir``."""
+    """Which of the :data:`RUN_FILES` exist in ``out_dir``."""
     return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 

@@ -30,8 +30,8 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from fr_fast import runinfo
 from fr_fast.attacks import pgd
 from fr_fast.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run_guarded
@@ -39,8 +39,10 @@ from fr_fast.config import TrainConfig, config_to_dict, load_config
 from fr_fast.data import BatchLoader, DatasetInfo, TensorImageDataset, dataset_info, load_dataset
 from fr_fast.interrupt import StopOnSignal
 from fr_fast.losses import base_loss, craft_adversarial, training_loss
+from fr_fast.metrics_log import MetricsLog
 from fr_fast.models import build_model
 from fr_fast.ops import FRLoss
+from fr_fast.progress import Progress
 from fr_fast.resume import apply_schedule_overrides, check_resume, override_record
 from fr_fast.runfolder import hold_run_folder, reconcile_best, resume_source, run_dir
 from fr_fast.runtime import Runtime, autocast, resolve_amp, resolve_memory_format, runtime
@@ -207,8 +209,7 @@ def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], 
     """
     n_batches = len(loader) if cfg.max_train_batches is None else min(len(loader), cfg.max_train_batches)
     show = rt.is_main and cfg.progress
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
-               dynamic_ncols=True)
+    bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", enabled=show, final_line=False)
     sums = torch.zeros(2, device=rt.device)
     seen, t0 = 0, time.perf_counter()
     for i, (x, y) in enumerate(loader):
@@ -220,13 +221,13 @@ def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], 
             raise NonFiniteLoss(f"{exc} at epoch {epoch + 1} (index {epoch}), step {i}") from None
         sums += result.stats * torch.tensor([y.numel(), 1.0], device=rt.device)
         seen += y.numel()
+        if show:
+            rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{result.loss:.4f}", acc_pct=f"{100 * sums[1].item() / seen:.1f}",
+                            img_s=f"{rate:.0f}")
         bar.update(1)
         if stop is not None:
             stop.check(f"after step {i + 1} of epoch {epoch + 1}")
-        if show:
-            rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{result.loss:.4f}", acc=f"{100 * sums[1].item() / seen:.1f}",
-                            img_s=f"{rate:.0f}", refresh=False)
     bar.close()
     if rt.world > 1:
         totals = torch.cat([sums, torch.tensor([float(seen)], device=rt.device)])
@@ -260,6 +261,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
     with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(
             out_dir, resuming=resume_from is not None or cfg.resume == "auto", overwrite=overwrite,
             enabled=rt.is_main):
+        environment = runinfo.describe(rt.device, amp_dtype=rt.amp_dtype, memory_format=rt.memory_format,
+                                       compile=cfg.compile)
+        if rt.is_main:
+            print(runinfo.banner("train", environment), flush=True)
         saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
         changes = check_resume(saved["config"], cfg, resume_override) if saved is not None else {}
         train_loader, val_loader, model_kwargs = _loaders(cfg, rt)
@@ -284,10 +289,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         last_good = resume_from  # the newest finite checkpoint on disk, for the divergence message
         select_key = cfg.resolved_select_by()
         run_info = {"config": config_to_dict(cfg), "model_kwargs": model_kwargs, "selected_by": select_key,
-                    "resume_overrides": overrides}
-        if rt.is_main:  # metrics.jsonl mirrors the checkpoint's history (fresh run: empty; resume: up to its epoch)
-            with open(out_dir / "metrics.jsonl", "w") as fh:
-                fh.writelines(json.dumps(h) + "\n" for h in state.history)
+                    "resume_overrides": overrides, "runtime": environment}
+        # metrics.jsonl/csv mirror the checkpoint's history (fresh run: empty; resume: up to its epoch)
+        log = MetricsLog(out_dir, state.history, run_info, tensorboard=cfg.tensorboard) if rt.is_main else None
         run_start = time.perf_counter()
         for epoch in range(state.epoch, cfg.epochs):
             seed_everything(mix_seed(cfg.seed, epoch, rt.rank))
@@ -325,15 +329,17 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
                 last_good = out_dir / "last.pt"
                 if improved:
                     save_checkpoint(checkpoint, out_dir / "best.pt")
-                with open(out_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
+                log.append(metrics)
                 print(epoch_line(cfg, metrics), flush=True)
             if rt.world > 1:
                 dist.barrier()
             if epoch + 1 < cfg.epochs:
                 stop.check(f"after epoch {epoch + 1} (saved)")
 
+        if log is not None:
+            log.close()
         summary = _summary(state, select_key, out_dir, time.perf_counter() - run_start, rt)
+        summary["runtime"] = environment
         if rt.is_main:
             print(summary_table(cfg, summary), flush=True)
         summary["model"] = model  # the trained student (unwrapped), for programmatic use

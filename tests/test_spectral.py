@@ -298,7 +298,7 @@ def test_plots_and_data_files_are_written(tmp_path):
         assert _is_png(p)
     csv_path = plots.save_accuracy_csv(acc, tmp_path / "lpf.csv")
     lines = open(csv_path).read().splitlines()
-    assert lines[0] == "series,4,8" and lines[1].startswith("natural (LPF),0.3000,0.9000")
+    assert lines[0] == "series,bw4_acc_pct,bw8_acc_pct" and lines[1].startswith("natural (LPF),30.00,90.00")
     js = plots.save_json({"heat": maps["a"], "bands": bands}, tmp_path / "d.json")
     import json
 
