@@ -92,17 +92,26 @@ def run_one(name: str, seed: int, args: argparse.Namespace, test_set) -> dict:
     return record
 
 
+SPECTRAL_MODELS = (("natural", "natural"), ("AT", "at"), ("AT+FR", "at_fr"))  # (label, method)
+
+
 def spectral_analyses(records: dict, args: argparse.Namespace, test_set) -> dict:
-    """LPF/HPF accuracy table and perturbation spectra of the natural and AT (first seed) models."""
+    """LPF/HPF accuracy table and perturbation spectra of the natural, AT and AT+FR (first seed) models
+    that were trained; a missing one is skipped with one line (``--methods`` runs any subset)."""
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test_set, range(args.n_spectral)), batch_size=250)
     size = test_set[0][0].shape[-1]
     bandwidths = list(range(4, size + 1, 4))
     low, high, spectra = {}, {}, {}
-    for label, name in (("natural", "natural"), ("AT", "at"), ("AT+FR", "at_fr")):
+    for label, name in SPECTRAL_MODELS:
+        if name not in records:
+            print(f"spectral analyses: skipping the {label} model ('{name}' is not among --methods)", flush=True)
+            continue
         model, run = load_model(records[name][0]["checkpoint"])
         low[label] = spectral.filtered_accuracy(model, loader, bandwidths, "low")
         high[label] = spectral.filtered_accuracy(model, loader, bandwidths, "high")
         spectra[label] = spectral.perturbation_spectrum(model, loader, run["eps"], n_images=args.n_spectral).mean
+    if not low:
+        return {"bandwidths": bandwidths, "low": {}, "high": {}}
     figures = args.out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     plots.plot_filtered_accuracy(low, figures / "filtered_accuracy.png", high=high,
@@ -128,6 +137,8 @@ def tables(records: dict, analyses: dict, args: argparse.Namespace) -> str:
     for name, runs in records.items():
         cells = [mean_std([r["accuracy"][a] for r in runs]) for a in ATTACKS]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    if not analyses["low"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "Accuracy (%) on low-pass (LPF) and high-pass (HPF) filtered test images, by bandwidth:", "",
               "| model | filter | " + " | ".join(str(b) for b in analyses["bandwidths"]) + " |",
               "|---|---|" + "---:|" * len(analyses["bandwidths"])]

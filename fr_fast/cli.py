@@ -9,6 +9,8 @@ COMMANDS = {
     "eval": ("fr_fast.evaluate", "robustness report of a checkpoint: clean, PGD-20/50, CW-inf, AutoAttack"),
     "analyze": ("fr_fast.analyze", "Fourier-domain analyses and figures for one or more checkpoints"),
     "demo": ("fr_fast.demo", "AT+FR on embedded MNIST in a few minutes; prints clean and PGD-20 accuracy"),
+    "runs": ("fr_fast.runs", "table of the finished training runs below a folder (+ PNG of validation curves)"),
+    "compare": ("fr_fast.runs:compare_main", "the given training runs side by side (+ PNG of validation curves)"),
 }
 
 
@@ -28,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"fr-fast: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[command][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

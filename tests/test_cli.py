@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_help_lists_every_field_with_type_default_and_description(main, cls, das
 
 def test_type_names():
     assert type_name(int) == "int"
-    assert type_name(TrainConfig.__annotations__ and int | None) == "int | None"
+    assert type_name(int | None) == type_name(typing.Optional[int]) == "int | None"
     assert type_name(list[int]) == "list[int]"
 
 
