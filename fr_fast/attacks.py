@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fr_fast.models.modes import eval_mode
 from fr_fast.ops import pgd_step_, random_start_
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -91,18 +92,6 @@ def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode for the block and restore every submodule's own train/eval flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

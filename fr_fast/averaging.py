@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from fr_fast.models.modes import train_mode
+
 _NORM_EPS = 1e-20
 
 
@@ -47,18 +49,16 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device | s
     for m in layers:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
-    model.train()
     used = 0
-    for x, _ in itertools.islice(batches, max_batches):
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        model(x)
-        used += 1
+    with train_mode(model):
+        for x, _ in itertools.islice(batches, max_batches):
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x)
+            used += 1
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
-    model.train(was_training)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         world = dist.get_world_size()
         for m in layers:

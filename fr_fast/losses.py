@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fr_fast.attacks import ce_loss, eval_mode, perturb
+from fr_fast.attacks import ce_loss, perturb
+from fr_fast.models.modes import eval_mode
 
 # Numerical guards of the MART reference code (keep the log finite when a probability is 0 or 1).
 _MART_LOG_EPS = 1e-12

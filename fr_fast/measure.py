@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from fr_fast.attacks import eval_mode
+from fr_fast.models.modes import eval_mode
 from fr_fast.progress import Progress, track
 
 
