@@ -243,6 +243,38 @@ def _diverged(what: str, last_good: Path | None, epoch: int) -> TrainingDiverged
     return TrainingDiverged(f"{what}; {where} (lower lr, or amp=off)")
 
 
+def _resume(cfg: TrainConfig, state: TrainState, saved: dict[str, Any], changes: dict[str, tuple[Any, Any]],
+            resume_from: Path, is_main: bool) -> list[dict[str, Any]]:
+    """Restore ``state`` from the checkpoint ``saved``; returns the run's record of resume overrides."""
+    state.load_state_dict(saved)
+    overrides = list(saved.get("resume_overrides", []))
+    if changes:  # checked by check_resume; --resume-override allowed them
+        apply_schedule_overrides(state.optimizer, state.scheduler, cfg)
+        overrides.append(override_record(changes, state.epoch))
+    if is_main:
+        print(f"resumed from {resume_from} after epoch {state.epoch}", flush=True)
+        if changes:
+            print(f"applied from epoch {state.epoch + 1}: " + ", ".join(
+                f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()), flush=True)
+        out_dir = Path(cfg.out_dir)
+        if resume_from == out_dir / "last.pt" and (note := reconcile_best(out_dir, saved)):
+            print(note, file=sys.stderr, flush=True)
+    return overrides
+
+
+def _save(out_dir: Path, checkpoint: dict[str, Any], improved: bool, last_good: Path | None, epoch: int) -> Path:
+    """Write last.pt (and best.pt when ``improved``) unless something in them is non-finite; returns last.pt."""
+    bad = nonfinite_entries(checkpoint)  # one fused reduction per epoch, before anything is written
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise _diverged(f"non-finite values in {bad[0]}{more} after epoch {epoch + 1} (the loss was "
+                        "finite); not saved", last_good, epoch)
+    save_checkpoint(checkpoint, out_dir / "last.pt")  # last.pt first: reconcile_best relies on it
+    if improved:
+        save_checkpoint(checkpoint, out_dir / "best.pt")
+    return out_dir / "last.pt"
+
+
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = False) -> dict[str, Any]:
     """Train one model as ``cfg`` says; returns a summary dict (best/final metrics, history, paths).
 
@@ -271,20 +303,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         model = build_model(**model_kwargs).to(rt.device, memory_format=rt.memory_format)
         state = TrainState(cfg, model, rt.amp_dtype)
         models = wrap_models(cfg, model, rt.world)
-        overrides: list[dict[str, Any]] = []
-        if saved is not None:
-            state.load_state_dict(saved)
-            overrides = list(saved.get("resume_overrides", []))
-            if changes:  # checked above; --resume-override allowed them
-                apply_schedule_overrides(state.optimizer, state.scheduler, cfg)
-                overrides.append(override_record(changes, state.epoch))
-            if rt.is_main:
-                print(f"resumed from {resume_from} after epoch {state.epoch}", flush=True)
-                if changes:
-                    print(f"applied from epoch {state.epoch + 1}: " + ", ".join(
-                        f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()), flush=True)
-                if resume_from == out_dir / "last.pt" and (note := reconcile_best(out_dir, saved)):
-                    print(note, file=sys.stderr, flush=True)
+        overrides = _resume(cfg, state, saved, changes, resume_from, rt.is_main) if saved is not None else []
         del saved
         last_good = resume_from  # the newest finite checkpoint on disk, for the divergence message
         select_key = cfg.resolved_select_by()
@@ -319,16 +338,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
                 metrics.update(validate(model, val_loader, cfg, rt.device, rt.amp_dtype, rt.memory_format))
             improved = state.record(metrics, select_key)
             if rt.is_main:
-                checkpoint = {**run_info, **state.state_dict()}
-                bad = nonfinite_entries(checkpoint)  # one fused reduction per epoch, before anything is written
-                if bad:
-                    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-                    raise _diverged(f"non-finite values in {bad[0]}{more} after epoch {epoch + 1} (the loss was "
-                                    "finite); not saved", last_good, epoch)
-                save_checkpoint(checkpoint, out_dir / "last.pt")  # last.pt first: reconcile_best relies on it
-                last_good = out_dir / "last.pt"
-                if improved:
-                    save_checkpoint(checkpoint, out_dir / "best.pt")
+                last_good = _save(out_dir, {**run_info, **state.state_dict()}, improved, last_good, epoch)
                 log.append(metrics)
                 print(epoch_line(cfg, metrics), flush=True)
             if rt.world > 1:
