@@ -4,7 +4,7 @@ Trains the small CNN with PGD-AT + FR (lam 0.1) on the 5000 MNIST images embedde
 (3600 train / 400 validation / 1000 test) with the preset ``configs/mnist_cnn_at_fr.yaml``
 (eps 0.3, PGD-5 with alpha = eps/4 in training, FR from the first lr decay as in the paper), then
 reports clean and PGD-20 accuracy (alpha = eps/4, random start) of the best-validation checkpoint on
-the 1000 test images. Extra ``--key=value`` arguments override the preset (e.g. ``--epochs=2``).
+the 1000 test images. Any config field overrides the preset (e.g. ``--epochs 2``, ``--no-progress``).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import argparse
 import time
 
 from fr_fast.checkpoint import load_model
-from fr_fast.config import load_config
+from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run_guarded
+from fr_fast.config import TrainConfig, load_config
 from fr_fast.data import load_dataset
 from fr_fast.evaluate import evaluate
 from fr_fast.train import train
@@ -21,11 +22,16 @@ PRESET = "mnist_cnn_at_fr"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fr-fast demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default="runs/demo_mnist_at_fr", help="where checkpoints and metrics go")
+    parser = make_parser("fr-fast demo", __doc__.splitlines()[0].split(": ", 1)[-1],
+                         usage="fr-fast demo [--FIELD VALUE ...] [--out-dir DIR] [--test-examples N] [--debug]")
+    parser.add_argument("--out-dir", "--out_dir", default="runs/demo_mnist_at_fr",
+                        help="where checkpoints and metrics go")
     parser.add_argument("--test-examples", type=int, default=None, help="evaluate on the first N test images")
-    args, overrides = parser.parse_known_args(argv)
+    names = add_dataclass_options(parser, TrainConfig, "config fields (override the preset)", skip=("out_dir",))
+    return run_guarded("fr-fast demo", argv, lambda: _run(*parse_args(parser, TrainConfig, names, argv)))
 
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = load_config(PRESET, [f"--out_dir={args.out_dir}", *overrides])
     print(f"fr_fast demo: {cfg.method.upper()} + FR (lam {cfg.lam}) | {cfg.model} on {cfg.dataset} | "
           f"eps {cfg.eps:g} | {cfg.epochs} epochs", flush=True)

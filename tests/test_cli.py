@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fr_fast import analyze, evaluate, train
+from fr_fast import analyze, demo, evaluate, train
 from fr_fast.cli_args import field_help, type_name
 from fr_fast.config import TrainConfig, knob
 
@@ -136,3 +136,13 @@ def test_user_errors_of_every_command_exit_2_with_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (argv, err)
+
+
+def test_demo_takes_the_same_field_options(tmp_path, capsys):
+    assert demo.main(["--epochs", "1", "--lr_milestones", "1", "--max_train_batches", "2", "--max_val_batches", "1",
+                      "--attack_steps", "1", "--eval_pgd_steps", "1", "--no-progress", "--model_kwargs", "{width: 4}",
+                      "--out-dir", str(tmp_path / "demo"), "--test-examples", "20", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "1 epochs" in out and "clean accuracy" in out and (tmp_path / "demo" / "metrics.csv").is_file()
+    assert demo.main(["--epochs", "zero"]) == 2
+    assert "'epochs' expects int" in capsys.readouterr().err
