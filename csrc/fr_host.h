@@ -33,8 +33,10 @@ struct Upstream {
 
 inline Upstream upstream_gradient(const at::Tensor& grad, const at::Tensor& teacher, int64_t reduction) {
   const int64_t B = teacher.size(0);
+  TORCH_CHECK_VALUE(grad.device() == teacher.device(), "fr_l1_backward: grad is on ", grad.device(),
+                    " but the logits are on ", teacher.device());
   at::Tensor values = grad.to(accumulation_dtype(teacher));
-  TORCH_CHECK(reduction == kNone ? values.numel() == B : values.numel() == 1, "fr_l1_backward: grad has ",
+  TORCH_CHECK_VALUE(reduction == kNone ? values.numel() == B : values.numel() == 1, "fr_l1_backward: grad has ",
               values.numel(), " elements for batch ", B);
   const int64_t stride = reduction == kNone ? values.stride(0) : 0;
   const double scale = reduction == kMean ? 1.0 / static_cast<double>(B) : 1.0;

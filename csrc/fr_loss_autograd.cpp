@@ -4,6 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "fr_common.h"
+
 namespace fr_fast {
 namespace {
 
@@ -38,8 +40,23 @@ class FRL1 : public torch::autograd::Function<FRL1> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto [grad_teacher, grad_adv] = call_backward(grads[0], saved[0], saved[1], ctx->saved_data["reduction"].toInt());
-    return {grad_teacher, grad_adv, at::Tensor()};
+    const int64_t reduction = ctx->saved_data["reduction"].toInt();
+    if (!at::GradMode::is_enabled()) {
+      auto [grad_teacher, grad_adv] = call_backward(grads[0], saved[0], saved[1], reduction);
+      return {grad_teacher, grad_adv, at::Tensor()};
+    }
+    // create_graph=True: the loss is piecewise linear, so its gradient is upstream * P with P (the
+    // gradient for an upstream of 1) locally constant. Written with differentiable ops, the double
+    // backward is exact: linear in the upstream gradient, zero in the logits (as for torch.fft's abs).
+    const at::Tensor& grad = grads[0];
+    at::Tensor pattern;
+    {
+      at::NoGradGuard no_grad;
+      pattern = std::get<0>(call_backward(at::ones_like(grad), saved[0], saved[1], reduction));
+    }
+    const at::Tensor upstream = reduction == kNone ? grad.unsqueeze(1) : grad;
+    const at::Tensor grad_teacher = upstream.mul(pattern.to(grad.scalar_type())).to(saved[0].scalar_type());
+    return {grad_teacher, grad_teacher.neg(), at::Tensor()};
   }
 };
 

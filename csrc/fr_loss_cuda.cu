@@ -1,6 +1,7 @@
 // CUDA forward and backward of the fused FR distance. One block per example row: the row's
-// difference a - b is staged in shared memory in the accumulation type, threads stride over the
-// C/2 + 1 distinct DFT bins (twiddles from sincospi on the exact integer angle k*n mod C).
+// difference a - b and a table of the C twiddles cos/sin(2*pi*m/C) (sincospi of the exact integer
+// angle, computed once per block) are staged in shared memory; threads stride over the C/2 + 1
+// distinct DFT bins and step through the table with 32-bit indices m = k*n mod C.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -14,36 +15,48 @@ namespace fr_fast {
 namespace {
 
 constexpr int kThreads = 256;
+static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block_sum needs whole warps and at most 32 of them");
 
-__device__ __forceinline__ void twiddle(int64_t m, int64_t C, float& c, float& s) {
+__device__ __forceinline__ void twiddle(int m, int C, float& c, float& s) {
   sincospif(2.0f * static_cast<float>(m) / static_cast<float>(C), &s, &c);
 }
-__device__ __forceinline__ void twiddle(int64_t m, int64_t C, double& c, double& s) {
+__device__ __forceinline__ void twiddle(int m, int C, double& c, double& s) {
   sincospi(2.0 * static_cast<double>(m) / static_cast<double>(C), &s, &c);
 }
 
-template <typename T>
-__device__ __forceinline__ T sign_of(T v) {
-  return static_cast<T>((v > T(0)) - (v < T(0)));
+// The row's shared memory: twiddle tables cos_t[m], sin_t[m] (m < C) and the difference d[n], then (backward
+// only) the weighted signs of the bins. 16-byte aligned, so any acc_t can be read from it.
+template <typename acc_t>
+struct RowShared {
+  acc_t* cos_t;
+  acc_t* sin_t;
+  acc_t* d;
+};
+
+template <typename acc_t>
+__device__ RowShared<acc_t> row_shared(unsigned char* bytes, int C) {
+  acc_t* base = reinterpret_cast<acc_t*>(bytes);
+  return {base, base + C, base + 2 * C};
 }
 
 template <typename scalar_t, typename acc_t>
-__device__ void stage_difference(const scalar_t* a, const scalar_t* b, int64_t sa1, int64_t sb1, int64_t C, acc_t* d) {
-  for (int64_t n = threadIdx.x; n < C; n += blockDim.x)
-    d[n] = static_cast<acc_t>(a[n * sa1]) - static_cast<acc_t>(b[n * sb1]);
+__device__ void stage_row(const scalar_t* a, const scalar_t* b, int64_t sa1, int64_t sb1, int C,
+                          const RowShared<acc_t>& row) {
+  for (int n = threadIdx.x; n < C; n += blockDim.x) {
+    row.d[n] = static_cast<acc_t>(a[n * sa1]) - static_cast<acc_t>(b[n * sb1]);
+    twiddle(n, C, row.cos_t[n], row.sin_t[n]);
+  }
   __syncthreads();
 }
 
 // Re and (-Im) of bin k of the staged row. Bins 0 and C/2 have an exactly zero imaginary part.
 template <typename acc_t>
-__device__ void project(const acc_t* d, int64_t C, int64_t k, acc_t& re, acc_t& im) {
+__device__ void project(const RowShared<acc_t>& row, int C, int k, acc_t& re, acc_t& im) {
   acc_t r = 0, i = 0;
-  int64_t m = 0;  // k * n mod C, updated incrementally
-  for (int64_t n = 0; n < C; ++n) {
-    acc_t c, s;
-    twiddle(m, C, c, s);
-    r += d[n] * c;
-    i += d[n] * s;
+  int m = 0;  // k * n mod C, updated incrementally
+  for (int n = 0; n < C; ++n) {
+    r += row.d[n] * row.cos_t[m];
+    i += row.d[n] * row.sin_t[m];
     m += k;
     if (m >= C) m -= C;
   }
@@ -52,6 +65,8 @@ __device__ void project(const acc_t* d, int64_t C, int64_t k, acc_t& re, acc_t& 
   im = i;
 }
 
+// The whole-block sum of `value`, valid in thread 0 (blockDim.x a multiple of 32: see kThreads), in a
+// fixed order: deterministic.
 template <typename acc_t>
 __device__ acc_t block_sum(acc_t value, acc_t* scratch) {
   for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffff, value, offset);
@@ -66,60 +81,58 @@ __device__ acc_t block_sum(acc_t value, acc_t* scratch) {
 
 template <typename scalar_t, typename acc_t>
 __global__ void fr_l1_forward_kernel(const scalar_t* a, const scalar_t* b, int64_t sa0, int64_t sa1, int64_t sb0,
-                                     int64_t sb1, int64_t C, acc_t* rows) {
-  extern __shared__ unsigned char shared_bytes[];
-  acc_t* d = reinterpret_cast<acc_t*>(shared_bytes);
+                                     int64_t sb1, int C, acc_t* rows) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
   __shared__ acc_t scratch[32];
-  const int64_t row = blockIdx.x;
-  stage_difference(a + row * sa0, b + row * sb0, sa1, sb1, C, d);
-  const int64_t K = num_half_bins(C);
+  const RowShared<acc_t> row = row_shared<acc_t>(shared_bytes, C);
+  const int64_t r = blockIdx.x;
+  stage_row(a + r * sa0, b + r * sb0, sa1, sb1, C, row);
+  const int K = static_cast<int>(num_half_bins(C));
   acc_t partial = 0;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
     acc_t re, im;
-    project(d, C, k, re, im);
+    project(row, C, k, re, im);
     partial += bin_weight<acc_t>(k, C) * (fabs(re) + fabs(im));
   }
   const acc_t total = block_sum(partial, scratch);
-  if (threadIdx.x == 0) rows[row] = total;
+  if (threadIdx.x == 0) rows[r] = total;
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void fr_l1_backward_kernel(const acc_t* grad, int64_t g_stride, acc_t g_scale, const scalar_t* a,
-                                      const scalar_t* b, int64_t sa0, int64_t sa1, int64_t sb0, int64_t sb1, int64_t C,
+                                      const scalar_t* b, int64_t sa0, int64_t sa1, int64_t sb0, int64_t sb1, int C,
                                       scalar_t* ga, scalar_t* gb) {
-  extern __shared__ unsigned char shared_bytes[];
-  acc_t* d = reinterpret_cast<acc_t*>(shared_bytes);
-  const int64_t K = num_half_bins(C);
-  acc_t* sign_re = d + C;  // weighted, scaled signs of Re and -Im per bin
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  const RowShared<acc_t> row = row_shared<acc_t>(shared_bytes, C);
+  const int K = static_cast<int>(num_half_bins(C));
+  acc_t* sign_re = row.d + C;  // weighted, scaled signs of Re and -Im per bin
   acc_t* sign_im = sign_re + K;
-  const int64_t row = blockIdx.x;
-  stage_difference(a + row * sa0, b + row * sb0, sa1, sb1, C, d);
-  const acc_t g_row = grad[row * g_stride] * g_scale;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
+  const int64_t r = blockIdx.x;
+  stage_row(a + r * sa0, b + r * sb0, sa1, sb1, C, row);
+  const acc_t g_row = grad[r * g_stride] * g_scale;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
     acc_t re, im;
-    project(d, C, k, re, im);
+    project(row, C, k, re, im);
     const acc_t w = bin_weight<acc_t>(k, C) * g_row;
     sign_re[k] = w * sign_of(re);
     sign_im[k] = w * sign_of(im);
   }
   __syncthreads();
-  for (int64_t n = threadIdx.x; n < C; n += blockDim.x) {
+  for (int n = threadIdx.x; n < C; n += blockDim.x) {
     acc_t total = 0;
-    int64_t m = 0;  // k * n mod C
-    for (int64_t k = 0; k < K; ++k) {
-      acc_t c, s;
-      twiddle(m, C, c, s);
-      total += sign_re[k] * c + sign_im[k] * s;
+    int m = 0;  // k * n mod C
+    for (int k = 0; k < K; ++k) {
+      total += sign_re[k] * row.cos_t[m] + sign_im[k] * row.sin_t[m];
       m += n;
       if (m >= C) m -= C;
     }
-    ga[row * C + n] = static_cast<scalar_t>(total);
-    gb[row * C + n] = static_cast<scalar_t>(-total);
+    ga[r * C + n] = static_cast<scalar_t>(total);
+    gb[r * C + n] = static_cast<scalar_t>(-total);
   }
 }
 
 size_t shared_bytes_for(int64_t C, size_t acc_size, bool backward) {
-  const int64_t values = C + (backward ? 2 * num_half_bins(C) : 0);
+  const int64_t values = 3 * C + (backward ? 2 * num_half_bins(C) : 0);
   const size_t bytes = static_cast<size_t>(values) * acc_size;
   TORCH_CHECK(bytes <= 48 * 1024, "fr_l1 (CUDA): ", C, " classes need ", bytes,
               " bytes of shared memory per row; at most 48 KiB are supported");
@@ -138,7 +151,7 @@ at::Tensor fr_l1_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t 
       const size_t shared = shared_bytes_for(C, sizeof(acc_t), false);
       fr_l1_forward_kernel<scalar_t, acc_t><<<B, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
           teacher.const_data_ptr<scalar_t>(), adv.const_data_ptr<scalar_t>(), teacher.stride(0), teacher.stride(1),
-          adv.stride(0), adv.stride(1), C, rows.mutable_data_ptr<acc_t>());
+          adv.stride(0), adv.stride(1), static_cast<int>(C), rows.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -162,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cuda(const at::Tensor& grad, c
     const acc_t g_scale = static_cast<acc_t>(upstream.scale);
     fr_l1_backward_kernel<scalar_t, acc_t><<<B, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
         g, g_stride, g_scale, teacher.const_data_ptr<scalar_t>(),
-        adv.const_data_ptr<scalar_t>(), teacher.stride(0), teacher.stride(1), adv.stride(0), adv.stride(1), C,
-        grad_teacher.mutable_data_ptr<scalar_t>(), grad_adv.mutable_data_ptr<scalar_t>());
+        adv.const_data_ptr<scalar_t>(), teacher.stride(0), teacher.stride(1), adv.stride(0), adv.stride(1),
+        static_cast<int>(C), grad_teacher.mutable_data_ptr<scalar_t>(), grad_adv.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_teacher, grad_adv};

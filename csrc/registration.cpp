@@ -17,8 +17,12 @@ TORCH_LIBRARY(fr_fast, m) {
   m.def("fr_l1(Tensor teacher, Tensor adv, int reduction) -> Tensor");
   // Gradients of fr_l1 with respect to both inputs, in the inputs' dtypes.
   m.def("fr_l1_backward(Tensor grad, Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
-  // x_adv <- clamp(min(max(x_adv + alpha * sign(grad), x_nat - eps), x_nat + eps), 0, 1), in place.
-  m.def("pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, float alpha, float eps) -> ()");
-  // x_adv <- clamp(x_adv + x_nat, 0, 1), in place (x_adv holds uniform noise: the PGD random start).
-  m.def("add_clip_(Tensor(a!) x_adv, Tensor x_nat) -> ()");
+  // x_adv <- clamp(min(max(x_adv + alpha * sign(grad), x_nat - eps), x_nat + eps), clip_min, clip_max), in
+  // place; a None bound does not clip. alpha_rows / eps_rows: optional (B,) per-sample values that
+  // replace alpha / eps.
+  m.def(
+      "pgd_step_(Tensor(a!) x_adv, Tensor grad, Tensor x_nat, float alpha, float eps, float? clip_min=0., "
+      "float? clip_max=1., Tensor? alpha_rows=None, Tensor? eps_rows=None) -> ()");
+  // x_adv <- clamp(x_adv + x_nat, clip_min, clip_max), in place (x_adv holds uniform noise: the PGD random start).
+  m.def("add_clip_(Tensor(a!) x_adv, Tensor x_nat, float? clip_min=0., float? clip_max=1.) -> ()");
 }

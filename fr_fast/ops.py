@@ -24,9 +24,10 @@ except ImportError as error:  # not built: the references take over
     EXTENSION_ERROR = str(error)
 
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-# The CUDA FR kernel does a direct DFT per row in shared memory (O(C^2), <= 48 KiB per block); above
-# this many classes Python routes CUDA tensors to torch.fft (the CPU kernel switches to an FFT itself).
-MAX_CUDA_FUSED_CLASSES = 2048
+# The CUDA FR kernel does a direct DFT per row in shared memory, O(C^2) per row: until a crossover
+# against torch.fft is measured on a GPU, CUDA logits with more classes than this take torch.fft (the
+# CPU kernel switches to an FFT itself).
+MAX_CUDA_FUSED_CLASSES = 128
 _warned = False
 
 
@@ -150,15 +151,115 @@ class FRLoss(torch.nn.Module):
 
 # --------------------------------------------------------------------------------------------- PGD step
 
+Radius = float | Tensor  # a number, or a (B,) tensor of one value per sample
+
+
 def _check_images(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
     _check_float_tensor("x_adv", x_adv)
     for name, tensor in others.items():
         _check_float_tensor(name, tensor)
         _check_pair(op, ("x_adv", x_adv), (name, tensor))
         if tensor.dtype != x_adv.dtype:
-            raise ValueError(f"{op}: x_adv is {x_adv.dtype} but {name} is {tensor.dtype}")
+            raise ValueError(f"{op}: x_adv is {x_adv.dtype} but {name} is {tensor.dtype}; convert it with .to(x_adv.dtype)")
     if x_adv.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"{op}: x_adv requires grad; pass a detached tensor (e.g. x_adv.detach_()) to update in place")
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether the memory spans of ``a`` and ``b`` intersect (conservative for interleaved views)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a_begin, a_end), (b_begin, b_end) = span(a), span(b)
+    return a_begin < b_end and b_begin < a_end
+
+
+def _check_no_overlap(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
+    for name, tensor in others.items():
+        if _shares_memory(x_adv, tensor):
+            raise ValueError(f"{op}: x_adv and {name} share memory; pass a separate tensor (e.g. {name}.clone())")
+
+
+def _check_clip(op: str, clip_min: float | None, clip_max: float | None) -> None:
+    for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
+        if value is not None and (not isinstance(value, (int, float)) or math.isnan(value)):
+            raise ValueError(f"{op}: {name} must be a number or None (no bound), got {value!r}")
+    if clip_min is not None and clip_max is not None and clip_min > clip_max:
+        raise ValueError(f"{op}: need clip_min <= clip_max (None for no bound), got {clip_min} and {clip_max}")
+
+
+def _checked_radius(op: str, name: str, value: Radius, x_adv: Tensor, non_negative: bool) -> Radius:
+    """A number checked, or a per-sample (B,) tensor checked and cast to the kernels' compute dtype."""
+    if not isinstance(value, Tensor):
+        if non_negative:
+            return check_radius(name, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
+        return value
+    if x_adv.dim() == 0 or value.shape != x_adv.shape[:1]:
+        raise ValueError(f"{op}: a per-sample {name} must have shape ({x_adv.shape[0] if x_adv.dim() else 0},), "
+                         f"one value per sample of x_adv, got {tuple(value.shape)}")
+    _check_float_tensor(name, value)
+    if value.device != x_adv.device:
+        raise ValueError(f"{op}: x_adv is on {x_adv.device} but {name} is on {value.device}")
+    value = value.to(torch.float64 if x_adv.dtype == torch.float64 else torch.float32)
+    ok = value.isfinite() & (value >= 0) if non_negative else value.isfinite()
+    if not bool(ok.all()):
+        raise ValueError(f"{op}: every {name} must be finite{' and >= 0' if non_negative else ''}")
+    return value
+
+
+def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: Radius, eps: Radius,
+              clip_min: float | None = 0.0, clip_max: float | None = 1.0) -> Tensor:
+    """One L-inf PGD step in place: ``x_adv ← clamp(min(max(x_adv + α·sign(grad), x_nat − ε), x_nat + ε), clip_min, clip_max)``.
+
+    All three tensors share shape, dtype (float16/bfloat16/float32/float64) and device; any memory format
+    (x_adv keeps its own); x_adv must not share memory with grad or x_nat. ``alpha`` and ``eps`` are
+    numbers or (B,) tensors of one value per sample (checked with one device sync). A ``None`` clip bound
+    does not clip: pass ``None, None`` for normalised or 0–255 images. NaN in x_adv or x_nat gives NaN, as
+    in the clamp chain; sign(NaN) = 0. The fused kernels compute in float32 and round once. Returns ``x_adv``.
+    """
+    if isinstance(x_adv, Tensor) and x_adv.device.type in _KERNEL_DEVICES:  # the hot path: C++ checks
+        if isinstance(alpha, Tensor) or isinstance(eps, Tensor):
+            per_alpha, per_eps = isinstance(alpha, Tensor), isinstance(eps, Tensor)
+            torch.ops.fr_fast.pgd_step_(x_adv, grad, x_nat, 0.0 if per_alpha else alpha, 0.0 if per_eps else eps,
+                                        clip_min, clip_max, alpha if per_alpha else None, eps if per_eps else None)
+        else:
+            torch.ops.fr_fast.pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max)
+        return x_adv
+    _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+    _check_no_overlap("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+    _check_clip("pgd_step_", clip_min, clip_max)
+    alpha = _checked_radius("pgd_step_", "alpha", alpha, x_adv, non_negative=False)
+    eps = _checked_radius("pgd_step_", "eps", eps, x_adv, non_negative=True)
+    _fused(x_adv.device)  # warns once that the reference runs
+    return reference.pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max)
+
+
+def random_start_(x_adv: Tensor, x_nat: Tensor, eps: Radius, clip_min: float | None = 0.0,
+                  clip_max: float | None = 1.0) -> Tensor:
+    """Write ``clamp(x_nat + U(−ε, ε), clip_min, clip_max)`` into ``x_adv`` (the PGD random start). Returns ``x_adv``.
+
+    ``eps`` is a number or a (B,) tensor (then the noise is ``U(−1, 1)·ε_b``); a ``None`` bound does not
+    clip. The noise comes from torch's generator (``torch.manual_seed`` reproduces it) and is drawn into
+    ``x_adv`` itself, which must not share memory with ``x_nat``; one fused pass then adds ``x_nat`` and clips.
+    """
+    _check_images("random_start_", x_adv, {"x_nat": x_nat})
+    _check_no_overlap("random_start_", x_adv, {"x_nat": x_nat})
+    _check_clip("random_start_", clip_min, clip_max)
+    eps = _checked_radius("random_start_", "eps", eps, x_adv, non_negative=True)
+    if not _fused(x_adv.device):
+        return reference.random_start_(x_adv, x_nat, eps, clip_min, clip_max)
+    target = x_adv if _is_dense(x_adv) else torch.empty_like(x_nat)
+    reference.uniform_noise_(target, eps)
+    torch.ops.fr_fast.add_clip_(target, x_nat, clip_min, clip_max)
+    return x_adv if target is x_adv else x_adv.copy_(target)
 
 
 def _is_dense(tensor: Tensor) -> bool:
@@ -169,54 +270,6 @@ def _is_dense(tensor: Tensor) -> bool:
             return False
         expected *= size
     return True
-
-
-def _like(template: Tensor, tensor: Tensor) -> Tensor:
-    """``tensor`` with exactly the strides of the dense ``template`` (a copy only when they differ)."""
-    if tensor.stride() == template.stride():
-        return tensor
-    return torch.empty_like(template).copy_(tensor)
-
-
-def _run_in_place(kernel, x_adv: Tensor, *inputs: Tensor) -> Tensor:
-    # The kernels walk dense tensors with identical strides as flat arrays, which keeps any memory
-    # format. Strided views of x_adv are updated through a dense copy.
-    target = x_adv if _is_dense(x_adv) else x_adv.contiguous()
-    kernel(target, *(_like(target, t) for t in inputs))
-    if target is not x_adv:
-        x_adv.copy_(target)
-    return x_adv
-
-
-def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float) -> Tensor:
-    """One L-inf PGD step in place: ``x_adv ← clamp(min(max(x_adv + α·sign(grad), x_nat − ε), x_nat + ε), 0, 1)``.
-
-    All three tensors share shape, dtype (float16/bfloat16/float32/float64) and device; any memory format
-    (x_adv keeps its own). The fused kernels compute in float32 and round once. Returns ``x_adv``.
-    """
-    _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
-    check_radius("eps", eps)
-    if not _fused(x_adv.device):
-        return reference.pgd_step_(x_adv, grad, x_nat, alpha, eps)
-    return _run_in_place(lambda x, g, x0: torch.ops.fr_fast.pgd_step_(x, g, x0, float(alpha), float(eps)),
-                         x_adv, grad, x_nat)
-
-
-def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float) -> Tensor:
-    """Write ``clamp(x_nat + U(−ε, ε), 0, 1)`` into ``x_adv`` (the PGD random start). Returns ``x_adv``.
-
-    The noise comes from torch's generator (``torch.manual_seed`` reproduces it) and is drawn into
-    ``x_adv`` itself; one fused pass then adds ``x_nat`` and clips.
-    """
-    _check_images("random_start_", x_adv, {"x_nat": x_nat})
-    check_radius("eps", eps)
-    if not _fused(x_adv.device):
-        return reference.random_start_(x_adv, x_nat, eps)
-    target = x_adv if _is_dense(x_adv) else torch.empty_like(x_nat)
-    _run_in_place(torch.ops.fr_fast.add_clip_, target.uniform_(-eps, eps), x_nat)
-    return x_adv if target is x_adv else x_adv.copy_(target)
 
 
 # ------------------------------------------------------------------------- torch.library registration
@@ -236,11 +289,14 @@ def _register_library_functions() -> None:
                 torch.empty(adv.shape, dtype=adv.dtype, device=adv.device))
 
     @torch.library.register_fake("fr_fast::pgd_step_")
-    def _(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float) -> None:
+    def _(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float, clip_min: float | None = 0.0,
+          clip_max: float | None = 1.0, alpha_rows: Tensor | None = None, eps_rows: Tensor | None = None) -> None:
+        _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
         return None
 
     @torch.library.register_fake("fr_fast::add_clip_")
-    def _(x_adv: Tensor, x_nat: Tensor) -> None:
+    def _(x_adv: Tensor, x_nat: Tensor, clip_min: float | None = 0.0, clip_max: float | None = 1.0) -> None:
+        _check_images("add_clip_", x_adv, {"x_nat": x_nat})
         return None
 
 

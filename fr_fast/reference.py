@@ -56,14 +56,36 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1",
     return _reduce(per_example, reduction)
 
 
-def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float) -> Tensor:
-    """L-inf PGD ascent step, projection onto the eps-ball around ``x_nat`` and [0, 1] clip, in place."""
-    stepped = x_adv + alpha * grad.sign()
+def _per_sample(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A number as it is; a (B,) tensor as (B, 1, ..., 1), one value per sample of ``like``."""
+    return value.view(-1, *[1] * (like.dim() - 1)) if isinstance(value, Tensor) else value
+
+
+def _clip(values: Tensor, clip_min: float | None, clip_max: float | None) -> Tensor:
+    return values if clip_min is None and clip_max is None else values.clamp(clip_min, clip_max)
+
+
+def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float | Tensor, eps: float | Tensor,
+              clip_min: float | None = 0.0, clip_max: float | None = 1.0) -> Tensor:
+    """L-inf PGD ascent step, projection onto the eps-ball around ``x_nat`` and clip, in place.
+
+    ``alpha``/``eps``: numbers or (B,) per-sample tensors; a None clip bound does not clip.
+    """
+    stepped = x_adv + _per_sample(alpha, x_adv) * grad.sign()
+    eps = _per_sample(eps, x_adv)
     projected = torch.min(torch.max(stepped, x_nat - eps), x_nat + eps)
-    return x_adv.copy_(projected.clamp(0.0, 1.0))
+    return x_adv.copy_(_clip(projected, clip_min, clip_max))
 
 
-def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float) -> Tensor:
-    """Uniform random start in the eps-ball around ``x_nat``, clipped to [0, 1], written into ``x_adv``."""
-    noise = torch.empty_like(x_nat).uniform_(-eps, eps)
-    return x_adv.copy_((x_nat + noise).clamp(0.0, 1.0))
+def uniform_noise_(noise: Tensor, eps: float | Tensor) -> Tensor:
+    """Fill ``noise`` with U(-eps, eps) in place from torch's generator (U(-1, 1) * eps_b for a (B,) eps)."""
+    if isinstance(eps, Tensor):
+        return noise.uniform_(-1.0, 1.0).mul_(_per_sample(eps, noise))
+    return noise.uniform_(-eps, eps)
+
+
+def random_start_(x_adv: Tensor, x_nat: Tensor, eps: float | Tensor, clip_min: float | None = 0.0,
+                  clip_max: float | None = 1.0) -> Tensor:
+    """Uniform random start in the eps-ball around ``x_nat``, clipped, written into ``x_adv``."""
+    noise = uniform_noise_(torch.empty_like(x_nat), eps)
+    return x_adv.copy_(_clip(x_nat + noise, clip_min, clip_max))

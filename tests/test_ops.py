@@ -219,7 +219,10 @@ def test_opcheck_every_op():
     torch.library.opcheck(torch.ops.fr_fast.fr_l1_backward.default, (torch.rand(()), a.detach(), b.detach(), 1))
     x_adv, grad, x_nat = _images((2, 3, 4, 4))
     torch.library.opcheck(torch.ops.fr_fast.pgd_step_.default, (x_adv, grad, x_nat, 0.01, 0.03))
+    torch.library.opcheck(torch.ops.fr_fast.pgd_step_.default,
+                          (x_adv, grad, x_nat, 0.0, 0.0, None, 2.0, torch.rand(2), torch.rand(2)))
     torch.library.opcheck(torch.ops.fr_fast.add_clip_.default, (torch.rand(2, 3, 4, 4) * 0.1, x_nat))
+    torch.library.opcheck(torch.ops.fr_fast.add_clip_.default, (torch.rand(2, 3, 4, 4) * 0.1, x_nat, -1.0, None))
 
 
 @requires_extension
@@ -239,6 +242,48 @@ def test_compiles_without_graph_breaks():
     assert adv.grad is not None
 
 
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_step_with_per_sample_values_and_clip(device):
+    def step(x_adv, grad, x_nat, alpha, eps):
+        return fr_fast.pgd_step_(x_adv, grad, x_nat, alpha, eps, None, 2.0)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x_adv, grad, x_nat = _images((3, 3, 4, 4), device=device)
+    alpha, eps = torch.tensor([0.1, 0.2, 0.3], device=device), torch.tensor([0.0, 0.5, 1.0], device=device)
+    expected = reference.pgd_step_(x_adv.clone(), grad, x_nat, alpha, eps, None, 2.0)
+    compiled(x_adv, grad, x_nat, alpha, eps)
+    assert torch.equal(x_adv, expected)
+
+
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fr_l1_double_backward(device, reduction):
+    a = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    code = REDUCTION_CODES[reduction]
+    assert torch.autograd.gradgradcheck(lambda x, y: torch.ops.fr_fast.fr_l1(x, y, code), (a, b))
+    # A gradient penalty of the FR term has the torch.fft reference's gradients.
+    upstream = torch.rand((4,) if reduction == "none" else (), dtype=torch.float64, device=device, requires_grad=True)
+    penalties = []
+    for fn in (lambda x, y: torch.ops.fr_fast.fr_l1(x, y, code), lambda x, y: reference.fr_loss(x, y, "l1", reduction)):
+        (grad,) = torch.autograd.grad(fn(a, b), a, upstream, create_graph=True)
+        penalties.append(torch.autograd.grad((grad ** 2).sum(), (a, b, upstream), allow_unused=True,
+                                             materialize_grads=True))
+    assert penalties[0][2].abs().sum() > 0
+    for ours, theirs in zip(*penalties):
+        _close(ours, theirs, 1e-10)
+
+
+@requires_extension
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_fr_l1_backward_rejects_grad_on_another_device():
+    a, b = torch.randn(4, 10, device="cuda"), torch.randn(4, 10, device="cuda")
+    with pytest.raises(ValueError, match="grad is on cpu"):
+        torch.ops.fr_fast.fr_l1_backward(torch.ones(()), a, b, 1)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -255,6 +300,168 @@ def test_compiles_without_graph_breaks():
 def test_pgd_step_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call(*_images((2, 3, 4, 4)))
+
+
+def _same(actual, expected, ulps=0):
+    """NaN exactly where expected has NaN; elsewhere equal (or within `ulps` units of the dtype's epsilon)."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert torch.equal(actual.isnan(), expected.isnan())
+    a, e = (torch.where(t.isnan(), torch.zeros_like(t), t) for t in (actual, expected))
+    if ulps == 0:
+        assert torch.equal(a, e)
+    else:
+        assert ((a.double() - e.double()).abs() <= ulps * torch.finfo(a.dtype).eps).all()
+
+
+def _with_specials(x_adv, grad, x_nat):
+    """NaN and infinities in each operand, at different and at shared positions."""
+    flat = [t.view(-1) if t.is_contiguous() else t.permute(0, 2, 3, 1).reshape(-1) for t in (x_adv, grad, x_nat)]
+    nan, inf = float("nan"), float("inf")
+    for t, first in zip(flat, (0, 1, 2)):
+        t[first::11] = nan
+    flat[0][3::13], flat[1][4::13], flat[2][5::13] = inf, -inf, -inf
+    flat[0][6::17] = flat[2][6::17] = nan
+    return x_adv, grad, x_nat
+
+
+def _ulps(dtype):
+    return 0 if dtype in (torch.float32, torch.float64) else 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pgd_step_nan_and_inf_as_clamp_chain(device, dtype, channels_last):
+    x_adv, grad, x_nat = _with_specials(*_images((4, 3, 8, 8), dtype, device, channels_last))
+    expected = reference.pgd_step_(x_adv.clone(), grad, x_nat, 2 / 255, 8 / 255)
+    fr_fast.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255)
+    assert expected.isnan().any() and not expected.isnan().all()
+    _same(x_adv, expected, _ulps(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_random_start_nan_as_reference(device, dtype):
+    _, _, x_nat = _with_specials(*_images((4, 3, 8, 8), dtype, device))
+    torch.manual_seed(5)
+    expected = reference.random_start_(torch.empty_like(x_nat), x_nat, 8 / 255)
+    torch.manual_seed(5)
+    actual = fr_fast.random_start_(torch.empty_like(x_nat), x_nat, 8 / 255)
+    _same(actual, expected, _ulps(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("clip", [(None, None), (0.0, 255.0), (None, 200.0), (-1.0, None), (0.5, 0.5)])
+def test_pgd_step_clip_bounds(device, clip):
+    x_adv, grad, x_nat = (t * 255 for t in _images(device=device))  # 0-255 images: eps and alpha scale too
+    x_adv[0, 0, 0, :4] = torch.tensor([-3.0, 300.0, 0.2, 254.9])
+    expected = reference.pgd_step_(x_adv.clone(), grad, x_nat, 2.0, 8.0, *clip)
+    fr_fast.pgd_step_(x_adv, grad, x_nat, 2.0, 8.0, *clip)
+    assert torch.equal(x_adv, expected)
+    if clip == (None, None):
+        assert x_adv.max() > 1  # not clipped to [0, 1] silently
+    assert clip[0] is None or x_adv.min() >= clip[0]
+    assert clip[1] is None or x_adv.max() <= clip[1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_start_clip_bounds(device):
+    x_nat = torch.rand(4, 3, 8, 8, device=device) * 255
+    torch.manual_seed(1)
+    expected = reference.random_start_(torch.empty_like(x_nat), x_nat, 8.0, None, None)
+    torch.manual_seed(1)
+    actual = fr_fast.random_start_(torch.empty_like(x_nat), x_nat, 8.0, None, None)
+    assert torch.equal(actual, expected) and actual.max() > 1 and (actual - x_nat).abs().max() <= 8.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "batch_inner", "strided"])
+@pytest.mark.parametrize("which", ["alpha", "eps", "both"])
+def test_pgd_step_per_sample_alpha_eps(device, dtype, layout, which):
+    x_adv, grad, x_nat = _images((6, 3, 5, 7), dtype, device, channels_last=layout == "channels_last")
+    if layout == "batch_inner":  # dense, but the batch is not the outermost dimension in memory
+        x_adv = x_adv.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "strided":
+        x_adv = torch.stack([x_adv, x_adv], -1)[..., 0]
+    alpha = torch.linspace(0.0, 0.05, 6, device=device) if which != "eps" else 0.01
+    eps = torch.tensor([0.0, 0.01, 0.02, 0.03, 0.5, 1.0], device=device) if which != "alpha" else 0.03
+    expected = reference.pgd_step_(x_adv.clone(), grad, x_nat, alpha, eps)
+    assert fr_fast.pgd_step_(x_adv, grad, x_nat, alpha, eps) is x_adv
+    # A scalar alpha or eps is rounded to 16 bits by the clamp chain, not by the kernel: one ulp apart.
+    _same(x_adv, expected, 0 if which == "both" else _ulps(dtype))
+    if which != "alpha":
+        assert torch.equal(x_adv[0], x_nat[0])  # eps = 0: no move
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_start_per_sample_eps(device):
+    x_nat = torch.rand(5, 3, 4, 4, device=device)
+    eps = torch.tensor([0.0, 0.01, 0.1, 0.2, 0.3], device=device)
+    torch.manual_seed(2)
+    expected = reference.random_start_(torch.empty_like(x_nat), x_nat, eps)
+    torch.manual_seed(2)
+    actual = fr_fast.random_start_(torch.empty_like(x_nat), x_nat, eps)
+    assert torch.equal(actual, expected) and torch.equal(actual[0], x_nat[0])
+    assert ((actual - x_nat).abs().amax(dim=(1, 2, 3)) <= eps + 1e-6).all()
+
+
+def _kernel_and_reference_paths(monkeypatch, device):
+    """Yields once with the fused kernels dispatching, once with the Python reference path."""
+    yield "fused"
+    monkeypatch.setattr(ops, "_KERNEL_DEVICES", frozenset())
+    monkeypatch.setattr(ops, "_warned", True)
+    yield "reference"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlapping_operands_raise(monkeypatch, device):
+    for _ in _kernel_and_reference_paths(monkeypatch, device):
+        x_adv, grad, x_nat = _images((2, 3, 4, 4), device=device)
+        buffer = torch.rand(64, device=device)
+        before = x_adv.clone()
+        for call in (lambda: fr_fast.pgd_step_(x_adv, x_adv, x_nat, 0.01, 0.03),
+                     lambda: fr_fast.pgd_step_(x_adv, grad, x_adv, 0.01, 0.03),
+                     lambda: fr_fast.pgd_step_(buffer[:40], buffer[20:60], buffer[:40].clone(), 0.01, 0.03),
+                     lambda: fr_fast.random_start_(x_adv, x_adv, 0.03)):
+            with pytest.raises(ValueError, match="share memory"):
+                call()
+        assert torch.equal(x_adv, before)  # nothing was written, not even the random start's noise
+        fr_fast.pgd_step_(x_adv, grad, grad, 0.01, 0.03)  # read-only operands may alias each other
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x, g, x0: fr_fast.pgd_step_(x, g, x0, x.new_full((3,), 0.1), 0.1), r"shape \(2,\)"),
+        (lambda x, g, x0: fr_fast.pgd_step_(x, g, x0, 0.1, x.new_tensor([0.1, -0.1])), "eps must be finite and >= 0"),
+        (lambda x, g, x0: fr_fast.pgd_step_(x, g, x0, x.new_tensor([0.1, float("nan")]), 0.1), "alpha must be finite"),
+        (lambda x, g, x0: fr_fast.pgd_step_(x, g, x0, 0.1, 0.1, 1.0, 0.0), "clip_min <= clip_max"),
+        (lambda x, g, x0: fr_fast.pgd_step_(x, g, x0, 0.1, 0.1, float("nan"), None), "clip_min"),
+        (lambda x, g, x0: fr_fast.random_start_(x, x0, x.new_tensor([0.1, -0.1])), "eps must be finite and >= 0"),
+        (lambda x, g, x0: fr_fast.random_start_(x, x0, 0.1, 2.0, 1.0), "clip_min <= clip_max"),
+        (lambda x, g, x0: fr_fast.pgd_step_(x, g, x0, x.new_ones(2, dtype=torch.long), 0.1), "floating-point"),
+    ],
+)
+def test_per_sample_and_clip_bad_input(monkeypatch, device, call, message):
+    for _ in _kernel_and_reference_paths(monkeypatch, device):
+        x_adv, grad, x_nat = _images((2, 3, 4, 4), device=device)
+        with pytest.raises(ValueError, match=message):
+            call(x_adv, grad, x_nat)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_pgd_step_unaligned_and_odd_sizes(device, dtype):
+    # Views at an odd element offset and sizes that are not a multiple of the vector width take the
+    # element-wise path of the CUDA kernel (and the tails of the vector path).
+    for numel in (1, 7, 8, 9, 4099):
+        for offset in (0, 1, 3):
+            x_adv, grad, x_nat = (torch.rand(numel + offset, device=device).to(dtype)[offset:] for _ in range(3))
+            expected = reference.pgd_step_(x_adv.clone(), grad - 0.5, x_nat, 0.01, 0.03)
+            fr_fast.pgd_step_(x_adv, grad - 0.5, x_nat, 0.01, 0.03)
+            _same(x_adv, expected, _ulps(dtype))
 
 
 def test_reference_fallback_warns_once_and_matches(monkeypatch):
