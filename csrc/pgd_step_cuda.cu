@@ -3,14 +3,15 @@
 // when all three are 16-byte aligned, each thread moves 16 bytes per operand at a time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "pgd_host.h"
 
@@ -87,11 +88,21 @@ __global__ void add_clip_kernel(scalar_t* __restrict__ x, const scalar_t* __rest
     x[i] = static_cast<scalar_t>(add_clip<acc_t>(static_cast<acc_t>(x[i]), static_cast<acc_t>(x0[i]), clip));
 }
 
-// Enough blocks to fill the device a few times over (grid-stride beyond that); the multiprocessor count
-// comes from ATen's per-device cache of the device properties.
-unsigned int blocks_for(int64_t work) {
+// The multiprocessor count of every device, queried once per process.
+int multiprocessors(c10::DeviceIndex device) {
+  static const std::vector<int> counts = [] {
+    std::vector<int> found(c10::cuda::device_count());
+    for (size_t d = 0; d < found.size(); ++d)
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&found[d], cudaDevAttrMultiProcessorCount, static_cast<int>(d)));
+    return found;
+  }();
+  return counts.at(device);
+}
+
+// Enough blocks to fill the device a few times over (grid-stride beyond that).
+unsigned int blocks_for(int64_t work, c10::DeviceIndex device) {
   const int64_t wanted = (work + kThreads - 1) / kThreads;
-  const int64_t limit = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  const int64_t limit = static_cast<int64_t>(multiprocessors(device)) * 32;
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted, limit)));
 }
 
@@ -99,8 +110,8 @@ bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % kVect
 
 template <typename scalar_t, bool kRows, int kN>
 void launch_step(const StepPlan& plan, int64_t numel) {
-  pgd_step_kernel<scalar_t, kRows, kN>
-      <<<blocks_for((numel + kN - 1) / kN), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const unsigned int blocks = blocks_for((numel + kN - 1) / kN, plan.target.device().index());
+  pgd_step_kernel<scalar_t, kRows, kN><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           plan.target.mutable_data_ptr<scalar_t>(), plan.grad.const_data_ptr<scalar_t>(),
           plan.x_nat.const_data_ptr<scalar_t>(), numel, plan.args<acc_of<scalar_t>>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -119,8 +130,8 @@ void launch_step(const StepPlan& plan, int64_t numel) {
 void pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_nat, double alpha, double eps,
                    std::optional<double> clip_min, std::optional<double> clip_max,
                    const std::optional<at::Tensor>& alpha_rows, const std::optional<at::Tensor>& eps_rows) {
-  const c10::cuda::CUDAGuard guard(x_adv.device());
   const StepPlan plan = plan_pgd_step(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max, alpha_rows, eps_rows);
+  const c10::cuda::CUDAGuard guard(x_adv.device());  // after the checks: x_adv is a CUDA tensor
   const int64_t numel = plan.target.numel();
   if (numel == 0) return;
   const bool rows = plan.step_rows.defined() || plan.radius_rows.defined();
@@ -135,7 +146,8 @@ void pgd_step_cuda(at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& 
 
 template <typename scalar_t, int kN>
 void launch_add_clip(const StepPlan& plan, int64_t numel) {
-  add_clip_kernel<scalar_t, kN><<<blocks_for((numel + kN - 1) / kN), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const unsigned int blocks = blocks_for((numel + kN - 1) / kN, plan.target.device().index());
+  add_clip_kernel<scalar_t, kN><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       plan.target.mutable_data_ptr<scalar_t>(), plan.x_nat.const_data_ptr<scalar_t>(), numel,
       plan.args<acc_of<scalar_t>>().clip);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -143,8 +155,8 @@ void launch_add_clip(const StepPlan& plan, int64_t numel) {
 
 void add_clip_cuda(at::Tensor& x_adv, const at::Tensor& x_nat, std::optional<double> clip_min,
                    std::optional<double> clip_max) {
-  const c10::cuda::CUDAGuard guard(x_adv.device());
   const StepPlan plan = plan_add_clip(x_adv, x_nat, clip_min, clip_max);
+  const c10::cuda::CUDAGuard guard(x_adv.device());
   const int64_t numel = plan.target.numel();
   if (numel == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_adv.scalar_type(), "add_clip_cuda", [&] {
