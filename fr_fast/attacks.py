@@ -280,7 +280,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, ver
     ``autoattack`` package (not on PyPI) runs 100. Settings follow the official package:
 
     * "standard": APGD-CE (100 it.), APGD-T (DLR, 9 target classes, 100 it.), FAB-T (9 targets,
-      100 it.), Square (5000 queries); one restart each.
+      100 it.), Square (5000 queries, p schedule not rescaled: ``resc_schedule=False``); one restart each.
     * "fast" (ours, for quick checks): APGD-CE + APGD-T only, same settings.
     * "rand" (for randomised defences): APGD-CE + APGD-DLR with EOT over 20 draws.
 
@@ -332,7 +332,10 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, ver
         if version == "standard":
             attacks += [ta.FAB(model, steps=steps, multi_targeted=True, n_classes=n_classes,
                                n_restarts=1, **common),
-                        ta.Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, **common)]
+                        # resc_schedule=False as the official package: p shrinks at fixed query counts
+                        # (torchattacks' default stretches that schedule to n_queries).
+                        ta.Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, resc_schedule=False,
+                                  **common)]
     ensemble = ta.MultiAttack(attacks)
     fork_devices = [x.device] if x.device.type == "cuda" else []
     with _attack_context(model, x.device), torch.random.fork_rng(devices=fork_devices):

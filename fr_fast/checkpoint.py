@@ -3,9 +3,10 @@
 A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain Python values (so it loads
 with ``weights_only=True``): ``format``, ``version``, ``config`` (``asdict(TrainConfig)``), ``model_kwargs``
 (what :func:`fr_fast.models.build_model` needs, the L-model's ``low_pass_bandwidth`` included), ``model``
-(the student's state dict), ``teacher`` (weight average or None), ``optimizer``, ``scheduler``, ``scaler``,
-``rng``, ``epoch`` (epochs completed), ``best_val_score`` (of the ``selected_by`` metric), ``best_epoch``,
-``selected_by`` and ``history`` (per-epoch metrics); :class:`fr_fast.state.TrainState` writes and reads them.
+(the student's state dict), ``average`` (the weight average as an ``AveragedModel`` state dict, or None;
+``teacher`` in older checkpoints), ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch`` (epochs
+completed), ``best_val_score`` (of the ``selected_by`` metric), ``best_epoch``, ``selected_by`` and
+``history`` (per-epoch metrics); :class:`fr_fast.state.TrainState` writes and reads them.
 
 Durability: a save writes a temporary file ``.<name>.<random>.tmp`` beside the target, fsyncs it, renames it
 over the target and fsyncs the folder, so after a crash at any instant the target holds either the old or
@@ -178,23 +179,53 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained student model of a checkpoint, in eval mode on ``device``.
+WEIGHTS = ("auto", "student", "average")
+
+
+def average_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The weight average's network state dict of a checkpoint (None when the run kept no average).
+
+    Accepts the ``torch.optim.swa_utils.AveragedModel`` layout (``module.``-prefixed keys plus
+    ``n_averaged``) as well as a plain network state dict.
+    """
+    avg = state.get("average", state.get("teacher"))
+    if avg is None:
+        return None
+    if "n_averaged" in avg:
+        return {k[len("module."):]: v for k, v in avg.items() if k.startswith("module.")}
+    return dict(avg)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               weights: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model of a checkpoint, in eval mode on ``device``.
+
+    ``weights``: "student" (the trained model), "average" (its weight average, BN statistics as the
+    trainer re-estimated them) or "auto": the average when the run evaluated it (``wa_role`` evaluated or
+    both), else the student.
 
     Returns
     -------
-    (model, cfg) : cfg is the run's config dict plus ``num_classes`` and ``in_channels``; it names at least
-        dataset, data_dir, model, num_classes, eps.
+    (model, cfg) : cfg is the run's config dict plus ``num_classes``, ``in_channels`` and ``weights`` (which
+        weights were loaded); it names at least dataset, data_dir, model, num_classes, eps.
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     state = load_checkpoint(path, map_location="cpu")
+    cfg = dict(state["config"])
+    average = average_weights(state)
+    if weights == "auto":
+        evaluated = cfg.get("wa_role") in ("evaluated", "both") and (cfg.get("fr") == "frwa" or cfg.get("wa"))
+        weights = "average" if evaluated and average is not None else "student"
+    if weights == "average" and average is None:
+        raise ValueError(f"{str(path)!r} holds no weight average (the run kept none): use --weights student")
     kwargs = dict(state["model_kwargs"])
     # Checkpoints written before the L-model filter became a layer name it only in their config.
     kwargs.setdefault("low_pass_bandwidth", state["config"].get("low_pass_bandwidth"))
     model = build_model(**kwargs)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(average if weights == "average" else state["model"])
     model.to(device).eval()
-    cfg = dict(state["config"])
-    cfg.update(num_classes=kwargs["num_classes"], in_channels=kwargs.get("in_channels", 3))
+    cfg.update(num_classes=kwargs["num_classes"], in_channels=kwargs.get("in_channels", 3), weights=weights)
     return model, cfg
 
 

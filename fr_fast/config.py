@@ -1,7 +1,10 @@
 """Training configuration: one dataclass, YAML presets and ``key=value`` overrides (nanoGPT style).
 
-A preset is a flat YAML mapping of :class:`TrainConfig` fields; it may name another preset with
-``base: other.yaml`` (resolved relative to the preset's folder) whose values it overrides.
+A preset is a flat YAML mapping of :class:`TrainConfig` fields; it may name other presets with
+``base: other.yaml`` or a list ``base: [dataset/cifar100.yaml, model/resnet18.yaml, method/trades.yaml]``
+(resolved relative to the preset's folder; later entries override earlier ones, the preset's own values
+override them all). ``configs/`` holds such profiles (``dataset/``, ``model/``, ``method/``) and
+``configs/paper.yaml`` composes them into every row of the paper's tables (:mod:`fr_fast.paper`).
 Command-line overrides come last: ``--lr=0.05``, ``lam=0.2``, ``--lr_milestones=[10,20]``,
 ``--eps=8/255``; a bare ``--flag`` sets a bool field to true, ``--no-flag`` to false. Values are parsed with
 ``yaml.safe_load`` and checked against the field's type: unknown or ill-typed fields raise a
@@ -28,6 +31,15 @@ METHODS = ("natural", "at", "trades", "mart", "awp")
 FR_MODES = ("none", "fr", "frwa")
 AWP_BASES = ("at", "trades")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+WA_ROLES = ("teacher", "evaluated", "both")
+ATTACK_MODES = ("auto", "train", "eval")
+# BN mode of each objective's training attack in its reference code: PGD-AT (Madry; Rice et al.) attacks the
+# model in train mode, TRADES and MART in eval mode. (The FR authors' code attacks in eval mode throughout.)
+REFERENCE_ATTACK_MODES = {"natural": "train", "at": "train", "trades": "eval", "mart": "eval"}
+# AWP defaults of Wu et al.'s code per base objective: (gamma, first epoch index with AWP, proxy lr; None = lr).
+# TRADES-AWP: --awp-gamma 0.005, --awp-warmup 10 tested as `epoch >= 10` on 1-based epochs (AWP from the
+# 10th epoch = index 9), proxy SGD at the initial lr. AT-AWP: gamma 0.01, no warm-up, proxy lr 0.01.
+AWP_DEFAULTS = {"at": (0.01, 0, 0.01), "trades": (0.005, 9, None)}
 # Presets: the repository's configs/ (source checkout, editable install) or the copy shipped inside the
 # package as fr_fast/configs (plain `pip install .`).
 CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parent.parent / "configs",
@@ -53,22 +65,47 @@ class TrainConfig:
     Epochs are 0-indexed: with ``lr_milestones=[75, 90]`` the learning rate is 0.01 from epoch index 75
     on (the 76th epoch), and ``fr_start_epoch=None`` / ``wa_start_epoch=None`` mean "the first milestone",
     i.e. FR and WA switch on together with the first learning-rate decay, as sec. 5 of the paper states.
+    A run whose FR or average would never start under those defaults is rejected (set the field explicitly
+    to mean it).
+
+    ``fft``: "1d" is Eq. 2 as printed (per-example DFT over the C classes, batch mean); "2d" is the authors'
+    code (one DFT over the B x C logit matrix, L1 averaged over its 2BC real and imaginary parts). For
+    independent rows 1d/2d ~ 2C/sqrt(B) (1.7 at C=10, 18 at C=100, 35 at C=200 for B=128), for identical
+    rows exactly 2C, so lam does not transfer between them; the 2-D form also depends on the batch size
+    (under DDP the trainer computes it on the gathered global batch). The paper presets use "2d".
+
+    ``wa_role`` (with ``fr: frwa``, or ``wa: true``): "teacher" = the paper (A.3): the weight average is FR's
+    teacher and the student is validated, selected and evaluated; "evaluated" = the authors' code: FR uses
+    the model itself, and the BN-recalibrated average is validated, selected (best.pt) and evaluated;
+    "both" = the average is the teacher and the evaluated model. Checkpoints hold student and average.
+    The average is created from the weights at the end of epoch ``wa_start - 1`` (BN re-estimated at once)
+    and updated after every later epoch: by default from the last epoch before the decay for teacher/both
+    (the teacher exists when the lr drops) and from the first epoch at the decayed lr for evaluated (as the
+    authors' code).
     """
+
 
     # objective
     method: str = knob("at", "training objective: natural | at | trades | mart | awp")
     awp_base: str = knob("at", "objective AWP perturbs the weights of: at | trades")
     fr: str = knob("none", "frequency regularization: none | fr (teacher = the model itself) | "
-                   "frwa (teacher = the weight average)")
-    lam: float = knob(0.1, "FR coefficient lambda (paper: 0.1; 0.05 for Tiny ImageNet)")
+                   "frwa (with a weight average, see wa_role)")
+    lam: float = knob(0.1, "FR coefficient lambda (paper: 0.1; 0.05 for Tiny ImageNet); its strength depends "
+                      "on fft")
     distance: str = knob("l1", "FR distance between spectra: l1 | l2 | cosine")
-    fft: str = knob("1d", "FR transform: 1d (DFT over classes, paper text) | 2d (the authors' code)")
+    fft: str = knob("1d", "FR transform: 1d (Eq. 2 as printed: DFT over classes per example) | 2d (the "
+                    "authors' code: DFT over the batch x class matrix, ~2C/sqrt(B) times weaker)")
     fr_start_epoch: Union[int, None] = knob(None, "epoch index FR starts at; null = the first lr milestone "
                                             "(paper), 0 = from the start")
-    wa: bool = knob(False, "keep a weight average even without FR/WA (not used as teacher)")
-    wa_start_epoch: Union[int, None] = knob(None, "epoch index the weight average starts at (Eq. 3, updated "
-                                            "once per epoch); null = the first lr milestone")
-    bn_recalibrate: bool = knob(True, "re-estimate the averaged model's BatchNorm statistics (authors' code)")
+    wa: bool = knob(False, "keep a weight average even without fr=frwa (saved; evaluated if wa_role says so)")
+    wa_role: str = knob("teacher", "what the weight average does: teacher (paper: FR's teacher, the student "
+                        "is evaluated) | evaluated (authors' code: FR uses the model, the average is validated, "
+                        "selected and saved) | both")
+    wa_start_epoch: Union[int, None] = knob(None, "epoch index from which the weight average exists (built "
+                                            "from the weights after the epoch before); null = the first lr "
+                                            "milestone (+1 for wa_role evaluated, as the authors' code)")
+    bn_recalibrate: bool = knob(True, "re-estimate the weight average's BatchNorm statistics at creation and "
+                                "after each update (authors' code)")
     bn_recalibrate_batches: Union[int, None] = knob(None, "batches used to re-estimate BN statistics; "
                                                     "null = one full pass over the training loader")
     # model and data
@@ -99,8 +136,14 @@ class TrainConfig:
     attack_steps: int = knob(10, "PGD steps of the training attack")
     trades_beta: float = knob(6.0, "TRADES robustness weight beta")
     mart_beta: float = knob(6.0, "MART robustness weight beta")
-    awp_gamma: float = knob(0.01, "AWP weight perturbation size (AT-AWP code; TRADES-AWP uses 0.005)")
-    awp_warmup: int = knob(0, "epochs before AWP switches on (TRADES-AWP code: 10)")
+    attack_mode: str = knob("auto", "model mode while crafting training attacks: train | eval | auto (each "
+                            "method's reference code: AT train, TRADES/MART eval; the FR authors' code: eval)")
+    awp_gamma: Union[float, None] = knob(None, "AWP weight perturbation size; null = the AWP code's: 0.01 "
+                                         "(AT-AWP), 0.005 (TRADES-AWP)")
+    awp_warmup: Union[int, None] = knob(None, "first epoch index with AWP; null = the AWP code's: 0 (AT-AWP), "
+                                        "9 (TRADES-AWP: its epoch 10, 1-based)")
+    awp_proxy_lr: Union[float, None] = knob(None, "lr of AWP's proxy ascent step; null = the AWP code's: 0.01 "
+                                            "(AT-AWP), the initial lr (TRADES-AWP)")
     # speed
     amp: str = knob("auto", "autocast: auto (bf16, else fp16 + GradScaler on CUDA; CPU: bf16 if native) | "
                     "bf16 | fp16 | off")
@@ -124,6 +167,8 @@ class TrainConfig:
     progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
     tensorboard: bool = knob(False, "also log the metrics as TensorBoard scalars in out_dir/tensorboard "
                              "(needs the tensorboard package)")
+    paper_row: Union[str, None] = knob(None, "the configs/paper.yaml row this run reproduces (set by --paper; "
+                                       "fr-fast eval prints its published numbers)")
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -131,6 +176,8 @@ class TrainConfig:
         check_choice("fr", self.fr, FR_MODES)
         check_choice("distance", self.distance, ("l1", "l2", "cosine"))
         check_choice("fft", self.fft, ("1d", "2d"))
+        check_choice("wa_role", self.wa_role, WA_ROLES)
+        check_choice("attack_mode", self.attack_mode, ATTACK_MODES)
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
         if isinstance(self.channels_last, str):
@@ -142,9 +189,33 @@ class TrainConfig:
                     raise ValueError(f"{name} must be in {interval}, got {value}")
         if sorted(self.lr_milestones) != list(self.lr_milestones):
             raise ValueError(f"lr_milestones must be increasing, got {self.lr_milestones}")
-        if self.fr == "frwa" and self.resolved_fr_start() < self.resolved_wa_start():
-            raise ValueError(f"fr='frwa' needs the weight average before FR starts: fr_start_epoch "
-                             f"({self.resolved_fr_start()}) < wa_start_epoch ({self.resolved_wa_start()})")
+        if self.wa_teacher and self.resolved_fr_start() < self.resolved_wa_start():
+            raise ValueError(f"fr='frwa' with wa_role={self.wa_role!r} needs the weight average before FR starts: "
+                             f"fr_start_epoch ({self.resolved_fr_start()}) < wa_start_epoch "
+                             f"({self.resolved_wa_start()})")
+        self._check_switches_on()
+
+    def _check_switches_on(self) -> None:
+        """FR / WA whose start is derived from the first milestone must start within the run.
+
+        A derived start at or after the end would silently train something else (plain AT without FR, no
+        average) while the run is labelled FR. An explicit ``fr_start_epoch`` / ``wa_start_epoch`` is
+        taken as meant.
+        """
+        milestone = f"the first lr milestone ({self._first_milestone()})" if self.lr_milestones else "epoch 0"
+        if self.fr != "none" and self.fr_start_epoch is None and self.resolved_fr_start() >= self.epochs:
+            raise ValueError(
+                f"fr={self.fr!r} would never switch on: fr_start_epoch defaults to {milestone} but epochs="
+                f"{self.epochs}; set --fr_start_epoch=N (N < {self.epochs}), lower --lr_milestones, or use --fr=none")
+        if self.uses_wa and self.wa_start_epoch is None:
+            # teacher/both: the average must exist while FR runs; evaluated: it is created at the end of epoch
+            # index wa_start - 1, which must be inside the run.
+            last = self.epochs - 1 if self.wa_teacher else self.epochs
+            if self.resolved_wa_start() > last:
+                raise ValueError(
+                    f"the weight average would never switch on: wa_start_epoch defaults to {milestone}"
+                    f"{' + 1' if self.wa_role == 'evaluated' else ''} = {self.resolved_wa_start()} but epochs="
+                    f"{self.epochs}; set --wa_start_epoch=N or lower --lr_milestones")
 
     def _first_milestone(self) -> int:
         return self.lr_milestones[0] if self.lr_milestones else 0
@@ -154,18 +225,49 @@ class TrainConfig:
         return self._first_milestone() if self.fr_start_epoch is None else self.fr_start_epoch
 
     def resolved_wa_start(self) -> int:
-        """Epoch index at which the weight average starts (None -> the first lr milestone)."""
-        return self._first_milestone() if self.wa_start_epoch is None else self.wa_start_epoch
+        """Epoch index from which the weight average exists; it is built from the weights at the end of the
+        epoch before and updated after every later epoch. None -> the first lr milestone (teacher/both), the
+        first milestone + 1 (evaluated: the authors' code averages from the first epoch at the decayed lr on).
+        """
+        if self.wa_start_epoch is not None:
+            return self.wa_start_epoch
+        return self._first_milestone() + (1 if self.wa_role == "evaluated" and self.lr_milestones else 0)
 
     def resolved_select_by(self) -> str:
-        """The validation metric that picks best.pt: "val_pgd" or "val_clean"."""
+        """The validation metric that picks best.pt: "val_pgd" or "val_clean" of the student, or of the weight
+        average ("avg_val_pgd", "avg_val_clean") when it is the evaluated model (``wa_role`` evaluated/both)."""
+        prefix = "avg_" if self.wa_evaluated else ""
         if self.select_by == "auto":
-            return "val_clean" if self.method == "natural" and self.fr == "none" else "val_pgd"
-        return f"val_{self.select_by}"
+            return prefix + ("val_clean" if self.method == "natural" and self.fr == "none" else "val_pgd")
+        return f"{prefix}val_{self.select_by}"
+
+    def resolved_attack_mode(self) -> str:
+        """"train" or "eval": the BN mode of the model while the training attack is crafted."""
+        if self.attack_mode != "auto":
+            return self.attack_mode
+        return REFERENCE_ATTACK_MODES[self.awp_base if self.method == "awp" else self.method]
+
+    def resolved_awp(self) -> tuple[float, int, float]:
+        """(gamma, first epoch index with AWP, proxy lr): the fields, or the AWP code's defaults for awp_base."""
+        gamma, warmup, proxy_lr = AWP_DEFAULTS[self.awp_base]
+        return (gamma if self.awp_gamma is None else self.awp_gamma,
+                warmup if self.awp_warmup is None else self.awp_warmup,
+                (proxy_lr if proxy_lr is not None else self.lr) if self.awp_proxy_lr is None else self.awp_proxy_lr)
 
     @property
     def uses_wa(self) -> bool:
+        """A weight average is kept (fr=frwa, or wa=true)."""
         return self.fr == "frwa" or self.wa
+
+    @property
+    def wa_teacher(self) -> bool:
+        """The weight average is FR's teacher (fr=frwa with wa_role teacher or both)."""
+        return self.fr == "frwa" and self.wa_role in ("teacher", "both")
+
+    @property
+    def wa_evaluated(self) -> bool:
+        """The weight average is the model that is validated, selected (best.pt) and evaluated by default."""
+        return self.uses_wa and self.wa_role in ("evaluated", "both")
 
 
 # The valid range of every numeric field (None, where allowed, is always valid; lists: every item).
@@ -173,7 +275,7 @@ class TrainConfig:
 RANGES: dict[str, str] = {
     "lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "lr_gamma": "(0, 1]",
     "lam": "[0, inf)", "eps": "(0, 1]", "alpha": "(0, 1]", "trades_beta": "[0, inf)", "mart_beta": "[0, inf)",
-    "awp_gamma": "[0, inf)", "val_fraction": "(0, 1)",
+    "awp_gamma": "[0, inf)", "awp_proxy_lr": "(0, inf)", "val_fraction": "(0, 1)",
     "epochs": "[1, inf)", "batch_size": "[1, inf)", "attack_steps": "[1, inf)", "val_every": "[1, inf)",
     "eval_pgd_steps": "[1, inf)", "max_train_batches": "[1, inf)", "max_val_batches": "[1, inf)",
     "bn_recalibrate_batches": "[1, inf)", "cpu_threads": "[1, inf)", "num_workers": "[0, inf)",
@@ -289,21 +391,38 @@ def resolve_preset(path: str | Path) -> Path:
 def load_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML preset into a raw dict, following ``base:`` links (child values win)."""
     path = resolve_preset(path).resolve()
+    if path.name == "paper.yaml":
+        raise ValueError(f"{path} maps the paper's table rows, it is not a preset: use --paper ROW (docs/presets.md)")
     if path in _seen:
         raise ValueError(f"config preset {path} inherits from itself via 'base:'")
     with open(path) as fh:
         raw = yaml.safe_load(fh) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"config preset {path} must be a YAML mapping, got {type(raw).__name__}")
+    return compose(raw, path.parent, str(path), _seen + (path,))
+
+
+def compose(raw: dict[str, Any], folder: Path, where: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Merge a raw mapping over the presets its ``base:`` names (one path or a list; later ones win).
+
+    Paths are relative to ``folder``; unknown fields raise a ValueError naming ``where``.
+    """
+    raw = dict(raw)
+    bases = raw.pop("base", None)
+    if isinstance(bases, (str, Path)):
+        bases = [bases]
+    if bases is not None and not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ValueError(f"'base' in {where} must be a preset path or a list of them, got {bases!r}")
     values: dict[str, Any] = {}
-    base = raw.pop("base", None)
-    if base is not None:
-        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
-        values.update(load_preset(base_path, _seen + (path,)))
+    for base in bases or []:
+        base_path = Path(base) if Path(base).is_absolute() else folder / base
+        if not base_path.suffix:
+            base_path = base_path.with_suffix(".yaml")
+        values.update(load_preset(base_path, _seen))
     types_ = _field_types()
     for key in raw:
         if key not in types_:
-            raise _unknown_field(key, str(path))
+            raise _unknown_field(key, where)
     values.update(raw)
     return values
 

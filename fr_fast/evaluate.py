@@ -33,11 +33,12 @@ from torch.utils.data import Dataset
 
 from fr_fast import attacks as atk
 from fr_fast import runinfo
-from fr_fast.checkpoint import checkpoint_data_dir, load_model
+from fr_fast.checkpoint import WEIGHTS, checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
 from fr_fast.data import load_dataset
 from fr_fast.measure import batches, example_count, is_correct, model_device, progress_bar
+from fr_fast.paper import comparison_table, published_for_eval
 from fr_fast.robustbench import default_name, robustbench_entry
 from fr_fast.runfolder import ensure_writable_file
 
@@ -282,6 +283,8 @@ class EvalOptions:
     device: Union[str, None] = knob(None, "cpu | cuda | cuda:N (null: cuda if available, else cpu)")
     seed: int = knob(0, "seed of the attacks' random starts")
     threads: Union[int, None] = knob(None, "torch CPU threads (1 on a machine shared with other jobs)")
+    weights: str = knob("auto", f"which weights to evaluate: {' | '.join(WEIGHTS)} (auto: the weight average "
+                        "when the run selected it, wa_role evaluated/both; else the student)")
     out: Union[str, None] = knob(None, "write the report as JSON here")
     robustbench_json: Union[str, None] = knob(None, "also write the result as a RobustBench model entry here "
                                               "(needs clean and aa among the attacks)")
@@ -312,7 +315,7 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     environment = runinfo.describe(device)  # attacks run in float32, contiguous, eager
     print(runinfo.banner("eval", environment), flush=True)
-    model, cfg = load_model(args.checkpoint, device=device)
+    model, cfg = load_model(args.checkpoint, device=device, weights=opts.weights)
     dataset = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, opts.data_dir, "fr-fast eval"),
                            pad_to=cfg.get("pad_to"))
     eps = cfg["eps"] if opts.eps is None else opts.eps
@@ -321,8 +324,12 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
                       aa_steps=opts.aa_steps, restarts=opts.restarts, eps_curve=opts.eps_curve,
                       device=device, seed=opts.seed, progress=opts.progress)
     report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"),
-                  runtime=environment)
+                  runtime=environment, weights=cfg["weights"])
+    print(f"weights: {cfg['weights']}")
     print(format_table(report))
+    if cfg.get("paper_row"):  # trained with --paper: the published numbers beside ours
+        report["paper"] = {"row": cfg["paper_row"], "accuracy": published_for_eval(cfg["paper_row"], cfg)}
+        print(comparison_table(report, cfg["paper_row"], cfg))
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump(report, f, indent=2)

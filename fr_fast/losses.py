@@ -17,11 +17,13 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fr_fast.attacks import ce_loss, perturb
-from fr_fast.models.modes import eval_mode
+from fr_fast.config import REFERENCE_ATTACK_MODES
+from fr_fast.ops import FRLoss
 
 # Numerical guards of the MART reference code (keep the log finite when a probability is 0 or 1).
 _MART_LOG_EPS = 1e-12
@@ -94,7 +96,7 @@ def training_loss(method: str, model: nn.Module, x: Tensor, x_adv: Tensor | None
 
     Parameters
     ----------
-    fr : usually ``fr_fast.FRLoss(lam, distance, fft)`` (returns lam * fr_loss); None -> no FR term.
+    fr : usually :func:`make_fr` (returns lam * fr_loss, DDP-aware for fft="2d"); None -> no FR term.
     teacher : None -> FR: the teacher logits are ``model(x)`` (reused when the objective computed them) and
         gradients flow through both branches, as in Eq. 2. A module (or ``WeightAverage``) -> FR/WA: the
         weight-averaged teacher, evaluated on x in its current mode under ``torch.no_grad``.
@@ -123,20 +125,28 @@ def kl_attack_loss(nat_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float,
-                      steps: int) -> Tensor:
+                      steps: int, mode: str | None = None) -> Tensor:
     """L-inf PGD examples for training objective ``method``, with the attack of each method's reference code.
 
-    at / natural(+FR): CE, uniform random start, the model left in train mode (Madry; Rice et al.).
-    trades: KL(p(x) || p(x_adv)) from x + 0.001 * N(0, 1), model in eval mode during the attack.
-    mart: CE from x + 0.001 * N(0, 1), model in eval mode during the attack.
-    The model's mode is restored afterwards. Returns x_adv (B, C, H, W) in [0, 1], detached.
+    at / natural(+FR): CE, uniform random start (Madry).
+    trades: KL(p(x) || p(x_adv)) from x + 0.001 * N(0, 1).
+    mart: CE from x + 0.001 * N(0, 1).
+    ``mode`` is the model's mode while attacking: "train" (BN uses and updates batch statistics) or "eval";
+    None -> the method's reference code (``REFERENCE_ATTACK_MODES``: train for at/natural as Rice et al.,
+    eval for trades/mart). The FR authors' code attacks in eval mode. The model's mode is restored
+    afterwards. Returns x_adv (B, C, H, W) in [0, 1], detached.
     """
     # ce_loss is the summed CE: 16-bit input gradients do not underflow.
-    if method in ("natural", "at"):
-        return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps).detach()
-    if method not in ("trades", "mart"):
+    if method not in REFERENCE_ATTACK_MODES:
         raise ValueError(f"no training attack for method {method!r}")
-    with eval_mode(model):
+    mode = REFERENCE_ATTACK_MODES[method] if mode is None else mode
+    if mode not in ("train", "eval"):
+        raise ValueError(f"attack mode must be 'train' or 'eval', got {mode!r}")
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        if method in ("natural", "at"):
+            return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps).detach()
         x_init = (x + _SMALL_START_STD * torch.randn_like(x)).clamp_(0.0, 1.0)
         if method == "trades":
             with torch.no_grad():
@@ -144,6 +154,50 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
             loss_fn = kl_attack_loss(nat_probs)
         else:
             loss_fn = ce_loss
-        x_adv = perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init)
-    return x_adv.detach()
+        return perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init).detach()
+    finally:
+        model.train(was_training)
 
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_rows(t: Tensor) -> Tensor:
+    """Concatenate the (B, C) tensors of all ranks in rank order; only this rank's rows keep their autograd graph.
+
+    Every rank must pass the same shape (the trainer's distributed loader gives equal per-rank batches).
+    """
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[dist.get_rank()] = t
+    return torch.cat(parts)
+
+
+class FRTerm(nn.Module):
+    """The trainer's FR term: ``lam * fr_loss`` whose strength under DDP equals one process with the global batch.
+
+    The 1-D form is a per-example mean, so DDP's gradient averaging already gives the global-batch term.
+    The 2-D form (the authors' code) mixes examples through the DFT over the batch axis and its size grows
+    with the batch (~sqrt(B) for independent rows), so under torch.distributed the logits of all ranks are
+    gathered and every rank computes the term of the global (world x B_local, C) matrix (rows in rank order;
+    a single process sees the same examples in another order, which changes the value but not its
+    expectation). Only local rows carry gradients, so the term is scaled by the world size for the backward
+    pass only (value unchanged): after DDP averages over ranks the gradient is that of the global term.
+    """
+
+    def __init__(self, lam: float, distance: str = "l1", fft: str = "1d") -> None:
+        super().__init__()
+        self.fr = FRLoss(lam=lam, distance=distance, fft=fft)
+
+    def forward(self, teacher_logits: Tensor, adv_logits: Tensor) -> Tensor:
+        world = _world_size()
+        if self.fr.fft != "2d" or world == 1:
+            return self.fr(teacher_logits, adv_logits)
+        term = self.fr(gather_rows(teacher_logits), gather_rows(adv_logits))
+        return world * term - (world - 1) * term.detach()
+
+
+def make_fr(lam: float, distance: str = "l1", fft: str = "1d") -> nn.Module:
+    """The FR term as a module (:class:`FRTerm`); one place that builds it for the trainer."""
+    return FRTerm(lam, distance, fft)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 # Columns whose name does not carry its unit yet -> the CSV / TensorBoard name with the unit.
-UNIT_NAMES = {"train_acc": "train_acc_pct", "val_clean": "val_clean_pct", "val_pgd": "val_pgd_pct"}
+UNIT_NAMES = {"train_acc": "train_acc_pct", "val_clean": "val_clean_pct", "val_pgd": "val_pgd_pct",
+              "avg_val_clean": "avg_val_clean_pct", "avg_val_pgd": "avg_val_pgd_pct"}  # avg_: the weight average
 CSV_FIRST = ("epoch", "lr", "train_loss", "train_acc_pct", "val_clean_pct", "val_pgd_pct", "images_per_s",
              "epoch_time_s")
 

@@ -37,9 +37,9 @@ class TrainState:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=cfg.lr_milestones,
                                                               gamma=cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
-        # AWP's proxy takes one ascent step: lr 0.01 in the AT-AWP code, the training lr in TRADES-AWP.
-        self.awp = AWP(model, cfg.awp_gamma, proxy_lr=0.01 if cfg.awp_base == "at" else cfg.lr) \
-            if cfg.method == "awp" else None
+        # AWP's size and proxy step: the fields, or the AWP code's defaults for awp_base (config.AWP_DEFAULTS).
+        gamma, _, proxy_lr = cfg.resolved_awp()
+        self.awp = AWP(model, gamma, proxy_lr=proxy_lr) if cfg.method == "awp" else None
         self.average: WeightAverage | None = None
         self._average_buffers = not cfg.bn_recalibrate
         self.epoch = 0               # epochs completed
@@ -64,7 +64,7 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint entries (tensors and plain values only), including the current RNG states."""
         return {"model": self.model.state_dict(),
-                "teacher": self.average.state_dict() if self.average is not None else None,
+                "average": self.average.state_dict() if self.average is not None else None,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": self.epoch,
                 "best_val_score": self.best_score, "best_epoch": self.best_epoch, "history": list(self.history)}
@@ -76,9 +76,10 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.average = None
-        if state.get("teacher") is not None:
+        average = state.get("average", state.get("teacher"))  # "teacher": checkpoints before wa_role
+        if average is not None:
             self.average = WeightAverage(self.model, average_buffers=self._average_buffers)
-            self.average.load_state_dict(state["teacher"])
+            self.average.load_state_dict(average)
         set_rng_state(state["rng"])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best_score, self.best_epoch = state["best_val_score"], state["best_epoch"]

@@ -38,10 +38,10 @@ from fr_fast.cli_args import add_dataclass_options, make_parser, parse_args, run
 from fr_fast.config import TrainConfig, config_to_dict, load_config
 from fr_fast.data import BatchLoader, DatasetInfo, TensorImageDataset, dataset_info, load_dataset
 from fr_fast.interrupt import StopOnSignal
-from fr_fast.losses import base_loss, craft_adversarial, training_loss
+from fr_fast.losses import base_loss, craft_adversarial, make_fr, training_loss
 from fr_fast.metrics_log import MetricsLog
 from fr_fast.models import build_model
-from fr_fast.ops import FRLoss
+from fr_fast.paper import row_config
 from fr_fast.progress import Progress
 from fr_fast.resume import apply_schedule_overrides, check_resume, override_record
 from fr_fast.runfolder import hold_run_folder, reconcile_best, resume_source, run_dir
@@ -68,7 +68,7 @@ class TrainingDiverged(RuntimeError):
 
 def switches(cfg: TrainConfig, epoch: int) -> tuple[bool, bool]:
     """(FR on, AWP on) in epoch ``epoch`` (0-indexed)."""
-    return cfg.fr != "none" and epoch >= cfg.resolved_fr_start(), cfg.method == "awp" and epoch >= cfg.awp_warmup
+    return cfg.fr != "none" and epoch >= cfg.resolved_fr_start(), cfg.method == "awp" and epoch >= cfg.resolved_awp()[1]
 
 
 def wrap_models(cfg: TrainConfig, model: nn.Module, world: int = 1) -> tuple[nn.Module, nn.Module]:
@@ -102,8 +102,8 @@ def make_step(cfg: TrainConfig, state: TrainState, epoch: int,
     attack_model, train_model = models if models is not None else wrap_models(cfg, state.model)
     objective = cfg.awp_base if cfg.method == "awp" else cfg.method
     fr_on, awp_on = switches(cfg, epoch)
-    fr = FRLoss(cfg.lam, cfg.distance, cfg.fft) if fr_on else None
-    teacher = state.average if fr_on and cfg.fr == "frwa" else None
+    fr = make_fr(cfg.lam, cfg.distance, cfg.fft) if fr_on else None  # fft="2d" under DDP: on the global batch
+    teacher = state.average if fr_on and cfg.wa_teacher else None  # wa_role "evaluated": FR uses the model
     awp = state.awp if awp_on else None
     betas = dict(trades_beta=cfg.trades_beta, mart_beta=cfg.mart_beta)
 
@@ -113,7 +113,8 @@ def make_step(cfg: TrainConfig, state: TrainState, epoch: int,
         train_model.train()
         with autocast(device, amp_dtype):
             x_adv = craft_adversarial(objective, attack_model, x, y, eps=cfg.eps, alpha=cfg.alpha,
-                                      steps=cfg.attack_steps) if objective != "natural" or fr_on else None
+                                      steps=cfg.attack_steps, mode=cfg.resolved_attack_mode()) \
+                if objective != "natural" or fr_on else None
             if awp is not None:
                 diff = awp.perturbation(lambda m: base_loss(objective, m, x, x_adv, y, **betas).loss)
                 awp.perturb(diff)
@@ -275,6 +276,31 @@ def _save(out_dir: Path, checkpoint: dict[str, Any], improved: bool, last_good: 
     return out_dir / "last.pt"
 
 
+def _validation(cfg: TrainConfig, state: TrainState, loader: BatchLoader, rt: Runtime) -> dict[str, float]:
+    """Validation metrics of the student, plus those of the weight average (``avg_*``, which then select
+    best.pt) when it is the evaluated model (``wa_role`` evaluated or both)."""
+    loader.set_epoch(0)
+    metrics = validate(state.model, loader, cfg, rt.device, rt.amp_dtype, rt.memory_format)
+    if cfg.wa_evaluated and state.average is not None:
+        loader.set_epoch(0)
+        average = validate(state.average.module, loader, cfg, rt.device, rt.amp_dtype, rt.memory_format)
+        metrics.update({f"avg_{k}": v for k, v in average.items()})
+    return metrics
+
+
+def fold_average(cfg: TrainConfig, state: TrainState, loader: BatchLoader, rt: Runtime) -> None:
+    """Eq. 3: start the weight average from the current weights, or fold them in; then re-estimate its BN
+    statistics on natural training batches (``bn_recalibrate``, as the authors' code does after every update,
+    the first included)."""
+    if state.average is None:
+        state.start_average()
+    else:
+        state.average.update(state.model)
+    if cfg.bn_recalibrate:
+        state.average.recalibrate_bn(loader, rt.device, cfg.bn_recalibrate_batches or cfg.max_train_batches,
+                                     channels_last=rt.memory_format == torch.channels_last)
+
+
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = False) -> dict[str, Any]:
     """Train one model as ``cfg`` says; returns a summary dict (best/final metrics, history, paths).
 
@@ -315,8 +341,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         for epoch in range(state.epoch, cfg.epochs):
             seed_everything(mix_seed(cfg.seed, epoch, rt.rank))
             train_loader.set_epoch(epoch)
-            if cfg.uses_wa and state.average is None and epoch >= cfg.resolved_wa_start():
-                state.start_average()
+            if cfg.uses_wa and state.average is None and epoch >= cfg.resolved_wa_start():  # wa_start_epoch=0
+                fold_average(cfg, state, train_loader, rt)
             lr_used = state.optimizer.param_groups[0]["lr"]
             try:
                 metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_used, **train_epoch(
@@ -324,18 +350,14 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
             except NonFiniteLoss as exc:
                 raise _diverged(f"{exc}: stopping", last_good, epoch) from None
             state.scheduler.step()
-            if state.average is not None:  # Eq. 3: fold this epoch's weights in, then fix its BN statistics
-                state.average.update(model)
-                if cfg.bn_recalibrate:
-                    state.average.recalibrate_bn(train_loader, rt.device,
-                                                 cfg.bn_recalibrate_batches or cfg.max_train_batches,
-                                                 channels_last=rt.memory_format == torch.channels_last)
+            # The average exists from epoch index wa_start on: it starts from the weights of the epoch before.
+            if state.average is not None or (cfg.uses_wa and epoch + 1 >= cfg.resolved_wa_start()):
+                fold_average(cfg, state, train_loader, rt)
             fr_on, awp_on = switches(cfg, epoch)
             metrics.update(fr=fr_on, awp=awp_on,
                            wa_models=state.average.n_averaged if state.average is not None else 0)
             if rt.is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-                val_loader.set_epoch(0)
-                metrics.update(validate(model, val_loader, cfg, rt.device, rt.amp_dtype, rt.memory_format))
+                metrics.update(_validation(cfg, state, val_loader, rt))
             improved = state.record(metrics, select_key)
             if rt.is_main:
                 last_good = _save(out_dir, {**run_info, **state.state_dict()}, improved, last_good, epoch)
@@ -360,6 +382,8 @@ def epoch_line(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
     """The one line printed after each epoch."""
     val = (f" | val clean {metrics['val_clean']:.2f}% PGD-{cfg.eval_pgd_steps} {metrics['val_pgd']:.2f}%"
            if "val_pgd" in metrics else "")
+    if "avg_val_pgd" in metrics:
+        val += f" | average: clean {metrics['avg_val_clean']:.2f}% PGD {metrics['avg_val_pgd']:.2f}%"
     return (f"epoch {metrics['epoch']:3d}/{cfg.epochs} | lr {metrics['lr']:.4g} | loss {metrics['train_loss']:.4f} "
             f"| train acc {metrics['train_acc']:.2f}% | {metrics['images_per_s']:.0f} img/s{val}")
 
@@ -367,7 +391,8 @@ def epoch_line(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
 def _summary(state: TrainState, select_key: str, out_dir: Path, seconds: float, rt: Runtime) -> dict[str, Any]:
     history = state.history
     best = history[state.best_epoch - 1] if state.best_epoch > 0 else {}
-    return {"best_val_pgd": best.get("val_pgd", -1.0), "best_val_clean": best.get("val_clean", -1.0),
+    prefix = "avg_" if select_key.startswith("avg_") else ""  # the average is the evaluated model
+    return {"best_val_pgd": best.get(f"{prefix}val_pgd", -1.0), "best_val_clean": best.get(f"{prefix}val_clean", -1.0),
             "selected_by": select_key, "best_epoch": state.best_epoch, "final": history[-1] if history else {},
             "history": history, "out_dir": str(out_dir), "last_checkpoint": str(out_dir / "last.pt"),
             "best_checkpoint": str(out_dir / "best.pt") if state.best_epoch > 0 else None,
@@ -378,7 +403,8 @@ def summary_table(cfg: TrainConfig, summary: dict[str, Any]) -> str:
     """A small text table of the run: best and final validation accuracy, throughput, files."""
     final = summary["final"]
     method = cfg.method + (f"({cfg.awp_base})" if cfg.method == "awp" else "") + \
-        ("" if cfg.fr == "none" else f" + {cfg.fr.upper().replace('FRWA', 'FR/WA')}")
+        ("" if cfg.fr == "none" else f" + {cfg.fr.upper().replace('FRWA', 'FR/WA')}") + \
+        (f" (wa_role {cfg.wa_role})" if cfg.uses_wa else "")
     rows = [("run", f"{method} | {cfg.model} | {cfg.dataset}"),
             ("epochs", str(final.get("epoch", 0))),
             (f"best epoch (by {summary['selected_by']})", f"{summary['best_epoch']}: val clean "
@@ -394,14 +420,18 @@ def summary_table(cfg: TrainConfig, summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``fr-fast train [PRESET] [--key value | --key=value | key=value ...]``: train with a preset and overrides."""
+    """``fr-fast train [PRESET | --paper ROW] [--key value | --key=value | key=value ...]``: train with a preset
+    (or a row of configs/paper.yaml) and overrides."""
     parser = make_parser("fr-fast train", "Adversarial training with Frequency Regularization: a YAML preset "
                          "(path or name in configs/) plus overrides of any config field, e.g.\n"
                          "  fr-fast train mnist_cnn_at_fr --epochs 10 --lr_milestones 5 8 --no-progress",
-                         usage="fr-fast train [PRESET] [--FIELD VALUE | --FIELD=VALUE | FIELD=VALUE ...] "
-                         "[--print-config] [--debug]")
+                         usage="fr-fast train [PRESET | --paper ROW] [--FIELD VALUE | --FIELD=VALUE | FIELD=VALUE "
+                         "...] [--print-config] [--debug]")
     parser.add_argument("preset", nargs="?", default=None, help="YAML preset (path or name in configs/)")
     parser.add_argument("overrides", nargs="*", default=[], help="key=value overrides (same as --key value)")
+    parser.add_argument("--paper", default=None, metavar="ROW",
+                        help='train a row of the paper\'s tables: its id or "Table 7: TRADES + FR" '
+                        '(configs/paper.yaml, docs/presets.md)')
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--overwrite", action="store_true", help="replace the run files already in out_dir")
     parser.add_argument("--resume-override", "--resume_override", action="store_true",
@@ -413,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         preset, overrides = args.preset, list(args.overrides)
         if preset is not None and "=" in preset:  # no preset, only key=value overrides
             preset, overrides = None, [preset, *overrides]
-        cfg = load_config(preset, [*overrides, *options])
+        if args.paper is not None and preset is not None:
+            raise ValueError(f"give a preset ({preset!r}) or --paper ROW, not both")
+        cfg = row_config(args.paper, [*overrides, *options]) if args.paper is not None \
+            else load_config(preset, [*overrides, *options])
         if args.print_config:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0

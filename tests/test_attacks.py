@@ -251,6 +251,28 @@ def test_autoattack_versions_in_eps_ball(version):
     assert x_adv.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_autoattack_standard_runs_the_official_components(monkeypatch):
+    """APGD-CE, APGD-T, FAB-T and Square as the official package: 100 iterations, Square's p schedule not
+    rescaled to the query budget (resc_schedule=False)."""
+    torchattacks = pytest.importorskip("torchattacks")
+    built = []
+
+    class _Record:
+        def __init__(self, attacks_):
+            built.extend(attacks_)
+
+        def __call__(self, x, y):
+            return x
+
+    monkeypatch.setattr(torchattacks, "MultiAttack", _Record)
+    x, y = _batch(4, channels=3)
+    attacks.autoattack(_tiny_cnn(in_channels=3).eval(), x, y, eps=8 / 255)
+    assert [type(a).__name__ for a in built] == ["APGD", "APGDT", "FAB", "Square"]
+    square = built[-1]
+    assert (square.n_queries, square.p_init, square.rescale_schedule) == (5000, 0.8, False)
+    assert all(a.steps == 100 for a in built[:3])
+
+
 # ------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("kwargs, match", [
     (dict(eps=-0.1), "eps"),

@@ -8,7 +8,7 @@ import pytest
 
 from fr_fast.config import CONFIG_DIRS, TrainConfig, config_from_dict, load_config, parse_overrides
 
-PRESETS = sorted(CONFIG_DIRS[0].glob("*.yaml"))
+PRESETS = sorted(p for p in CONFIG_DIRS[0].glob("*.yaml") if p.stem != "paper")
 
 
 def test_defaults_are_the_paper_recipe():
@@ -129,3 +129,109 @@ def test_paper_presets_follow_the_paper():
     assert load_config("tinyimagenet_resnet18_lmodel").low_pass_bandwidth == 32
     assert load_config("cifar10_resnet18_lmodel").low_pass_bandwidth == 16
     assert load_config("cifar10_wrn34_10_at_frwa").model == "wrn34_10"
+
+
+def test_base_list_composes_in_order(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("lr: 0.2\nepochs: 7\n")
+    (tmp_path / "b.yaml").write_text("lr: 0.3\nmethod: mart\n")
+    (tmp_path / "c.yaml").write_text("base: [a.yaml, b]\nepochs: 9\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.lr, cfg.epochs, cfg.method) == (0.3, 9, "mart")  # later bases win, own values win over all
+    (tmp_path / "d.yaml").write_text("base: {a: 1}\n")
+    with pytest.raises(ValueError, match="'base'.*list"):
+        load_config(tmp_path / "d.yaml")
+
+
+def test_paper_yaml_is_not_a_preset():
+    with pytest.raises(ValueError, match="--paper"):
+        load_config("paper")
+
+
+def test_new_fields_are_checked_and_shown():
+    cfg = load_config()
+    assert (cfg.wa_role, cfg.attack_mode) == ("teacher", "auto")
+    for override, message in [("wa_role=student", "wa_role must be one of"), ("attack_mode=test", "attack_mode")]:
+        with pytest.raises(ValueError, match=message):
+            load_config(None, [override])
+
+
+@pytest.mark.parametrize("method, expected", [("at", "train"), ("natural", "train"), ("trades", "eval"),
+                                              ("mart", "eval")])
+def test_attack_mode_auto_is_the_reference_code(method, expected):
+    assert load_config(None, [f"method={method}"]).resolved_attack_mode() == expected
+    assert load_config(None, [f"method={method}", "attack_mode=eval"]).resolved_attack_mode() == "eval"
+    assert load_config(None, ["method=awp", f"awp_base={'trades' if method == 'trades' else 'at'}"]) \
+        .resolved_attack_mode() == ("eval" if method == "trades" else "train")
+
+
+def test_awp_defaults_follow_the_awp_code_per_base():
+    at_awp = load_config(None, ["method=awp", "awp_base=at", "lr=0.1"])
+    assert at_awp.resolved_awp() == (0.01, 0, 0.01)
+    trades_awp = load_config(None, ["method=awp", "awp_base=trades", "lr=0.1"])
+    assert trades_awp.resolved_awp() == (0.005, 9, 0.1)  # proxy lr = the initial lr
+    explicit = load_config(None, ["method=awp", "awp_base=trades", "awp_gamma=0.02", "awp_warmup=0",
+                                  "awp_proxy_lr=0.05"])
+    assert explicit.resolved_awp() == (0.02, 0, 0.05)
+    assert load_config("method/awp_trades").resolved_awp()[:2] == (0.005, 9)
+
+
+def test_fr_that_never_switches_on_is_an_error_naming_the_field():
+    with pytest.raises(ValueError, match=r"fr_start_epoch.*milestone \(6\).*epochs=1"):
+        load_config("mnist_cnn_at_fr", ["epochs=1"])
+    with pytest.raises(ValueError, match="fr_start_epoch"):
+        load_config("cifar10_resnet18_at_frwa", ["epochs=75"])
+    assert load_config("mnist_cnn_at_fr", ["epochs=1", "fr_start_epoch=0"]).resolved_fr_start() == 0
+    assert load_config("mnist_cnn_at_fr", ["epochs=1", "fr_start_epoch=5"]).fr_start_epoch == 5  # meant: allowed
+    assert load_config("mnist_cnn_at_fr", ["epochs=7"]).resolved_fr_start() == 6
+    load_config("mnist_cnn_at", ["epochs=1"])  # no FR, nothing to switch on
+
+
+def test_weight_average_that_never_switches_on_is_an_error():
+    # evaluated: the average is created at the end of epoch index wa_start - 1 = the first milestone.
+    cfg = load_config("mnist_cnn_at", ["wa=true", "wa_role=evaluated", "epochs=7"])
+    assert cfg.resolved_wa_start() == 7 and cfg.wa_evaluated and not cfg.wa_teacher
+    with pytest.raises(ValueError, match="wa_start_epoch"):
+        load_config("mnist_cnn_at", ["wa=true", "wa_role=evaluated", "epochs=6"])
+    assert load_config("mnist_cnn_at", ["wa=true", "epochs=6", "wa_start_epoch=9"]).wa_start_epoch == 9
+
+
+def test_wa_roles():
+    teacher = load_config("mnist_cnn_at_frwa")
+    assert teacher.wa_teacher and not teacher.wa_evaluated and teacher.resolved_wa_start() == 6
+    evaluated = load_config("mnist_cnn_at_frwa", ["wa_role=evaluated"])
+    assert not evaluated.wa_teacher and evaluated.wa_evaluated and evaluated.resolved_wa_start() == 7
+    both = load_config("mnist_cnn_at_frwa", ["wa_role=both"])
+    assert both.wa_teacher and both.wa_evaluated
+    plain = load_config("mnist_cnn_at_fr", ["wa=true", "wa_role=evaluated"])
+    assert plain.wa_evaluated and not plain.wa_teacher
+
+
+def _authors_fr(teacher, adv):
+    """The authors' FR term: torch.rfft(signal_ndim=2, onesided=False) of both logits, nn.L1Loss (mean)."""
+    import torch
+    spec = lambda z: torch.view_as_real(torch.fft.fft2(z))  # noqa: E731  (B, C, 2): the old rfft layout
+    return torch.nn.L1Loss()(spec(adv), spec(teacher))
+
+
+@pytest.mark.parametrize("preset, classes, authors_lam", [
+    ("cifar100_resnet18_at_fr", 100, 0.1), ("cifar100_resnet18_at_frwa", 100, 0.1),
+    ("tinyimagenet_resnet18_at_fr", 200, 0.05), ("tinyimagenet_resnet18_at_frwa", 200, 0.05),
+    ("cifar10_resnet18_trades_fr", 10, 0.1), ("svhn_resnet18_at_fr", 10, 0.1)])
+def test_paper_presets_have_the_authors_fr_strength(preset, classes, authors_lam):
+    """The preset's FR term equals the authors' formulation with their lambda on random (128, C) logits."""
+    import torch
+
+    import fr_fast
+
+    cfg = load_config(preset)
+    torch.manual_seed(classes)
+    teacher, adv = torch.randn(cfg.batch_size, classes), torch.randn(cfg.batch_size, classes)
+    ours = fr_fast.FRLoss(cfg.lam, cfg.distance, cfg.fft)(teacher, adv)
+    assert cfg.batch_size == 128
+    assert ours.item() == pytest.approx(authors_lam * _authors_fr(teacher, adv).item(), rel=0.05)
+    assert cfg.attack_mode == "eval" and cfg.resolved_attack_mode() == "eval"  # the authors' pgd_whitebox
+
+
+def test_cpu_presets_say_which_fr_form_they_use():
+    text = (CONFIG_DIRS[0] / "mnist_cnn_at.yaml").read_text()
+    assert "fft: 1d" in text and load_config("fashion_mnist_cnn_at_fr").fft == "1d"

@@ -49,7 +49,59 @@ def test_two_process_gloo_ddp(tmp_path):
     from fr_fast.checkpoint import load_checkpoint
 
     state = load_checkpoint(tmp_path / "last.pt")
-    assert state["epoch"] == 2 and state["teacher"] is not None
+    assert state["epoch"] == 2 and state["average"] is not None
     for k, v in state["model"].items():
         if v.is_floating_point() and "running" not in k:
             torch.testing.assert_close(v, w0[k], rtol=0, atol=0, msg=k)
+
+
+B_LOCAL, FEATURES, CLASSES, LAM = 4, 6, 10, 0.1
+
+
+def _fr_problem():
+    """A linear model and a global batch (WORLD * B_LOCAL rows) of natural and adversarial inputs."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(FEATURES, CLASSES).double()
+    x_nat = torch.randn(WORLD * B_LOCAL, FEATURES, dtype=torch.float64)
+    x_adv = x_nat + 0.3 * torch.randn_like(x_nat)
+    return model, x_nat, x_adv
+
+
+def _fr_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    from fr_fast.losses import make_fr
+
+    try:
+        results = {}
+        for fft in ("1d", "2d"):
+            model, x_nat, x_adv = _fr_problem()
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            rows = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+            # FR with the model itself as teacher: gradients flow through both branches.
+            term = make_fr(LAM, "l1", fft)(ddp(x_nat[rows]), ddp(x_adv[rows]))
+            term.backward()
+            results[fft] = {"value": term.detach(), **{n: p.grad.clone() for n, p in model.named_parameters()}}
+        torch.save(results, Path(out_dir) / f"fr_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
+def test_fr_term_under_ddp_equals_one_process_with_the_global_batch(tmp_path):
+    """Both FR forms: value and DDP-averaged gradient on 2 gloo ranks == one process on the global batch."""
+    from fr_fast.losses import make_fr
+
+    mp.spawn(_fr_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"fr_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for fft in ("1d", "2d"):
+        model, x_nat, x_adv = _fr_problem()
+        term = make_fr(LAM, "l1", fft)(model(x_nat), model(x_adv))
+        term.backward()
+        if fft == "2d":  # the global term is what every rank reports (1d: each rank its local mean)
+            for r in ranks:
+                torch.testing.assert_close(r[fft]["value"], term.detach())
+        for name, p in model.named_parameters():
+            for r in ranks:  # DDP leaves the all-reduced average on every rank
+                torch.testing.assert_close(r[fft][name], p.grad, msg=f"{fft} {name}")

@@ -207,3 +207,64 @@ def test_cli_announces_a_data_dir_taken_from_the_checkpoint(tmp_path, capsys):
     assert ev.main([str(path), "--no-progress", "--device", "cpu", "--data_dir", str(tmp_path / "mine")]) == 2
     err = capsys.readouterr().err
     assert "taken from the checkpoint" not in err and "planted" not in err and "mine" in err
+
+
+def _checkpoint_with_average(tmp_path, **config):
+    """A small_cnn checkpoint whose student and weight average differ (AveragedModel layout, as the trainer)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from fr_fast.checkpoint import save_checkpoint
+    from fr_fast.models import build_model
+
+    kwargs = dict(name="small_cnn", num_classes=10, in_channels=1, width=4)
+    torch.manual_seed(0)
+    student, other = build_model(**kwargs), build_model(**kwargs)
+    average = AveragedModel(other)
+    path = tmp_path / "best.pt"
+    save_checkpoint({"config": {"dataset": "mnist", "data_dir": None, "model": "small_cnn", "eps": 0.3,
+                                "pad_to": None, "fr": "frwa", **config},
+                     "model_kwargs": kwargs, "model": student.state_dict(), "teacher": average.state_dict()}, path)
+    return path, student, other
+
+
+@pytest.mark.parametrize("role, auto", [("teacher", "student"), ("evaluated", "average"), ("both", "average")])
+def test_load_model_weights_student_average_auto(tmp_path, role, auto):
+    from fr_fast.checkpoint import load_model
+
+    path, student, average = _checkpoint_with_average(tmp_path, wa_role=role)
+    x = torch.rand(2, 1, 28, 28)
+    for weights, reference in [("student", student), ("average", average), ("auto", {"student": student,
+                                                                                     "average": average}[auto])]:
+        model, cfg = load_model(path, weights=weights)
+        assert cfg["weights"] == (auto if weights == "auto" else weights)
+        torch.testing.assert_close(model(x), reference.eval()(x))
+
+
+def test_load_model_without_average(tmp_path):
+    from fr_fast.checkpoint import load_model, save_checkpoint
+    from fr_fast.models import build_model
+
+    kwargs = dict(name="small_cnn", num_classes=10, in_channels=1, width=4)
+    path = tmp_path / "m.pt"
+    save_checkpoint({"config": {"dataset": "mnist", "wa_role": "evaluated"}, "model_kwargs": kwargs,
+                     "model": build_model(**kwargs).state_dict(), "teacher": None}, path)
+    assert load_model(path)[1]["weights"] == "student"
+    with pytest.raises(ValueError, match="no weight average.*--weights student"):
+        load_model(path, weights="average")
+
+
+def test_cli_prints_the_paper_numbers_beside_the_measured(tmp_path, capsys):
+    path, _, _ = _checkpoint_with_average(tmp_path, paper_row="t6-at-frwa", wa_role="teacher")
+    out = tmp_path / "report.json"
+    assert ev.main([str(path), "--n-examples", "8", "--attacks", "clean,pgd20",
+                    "--no-eps-curve", "--no-progress", "--device", "cpu", "--weights", "average",
+                    "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "weights: average" in printed and "paper: Table 6: AT + FR/WA (t6-at-frwa)" in printed
+    line = next(l for l in printed.splitlines() if l.startswith("pgd20 ") and "55.12" in l)
+    measured = json.loads(out.read_text())["attacks"]["pgd20"]["accuracy"]
+    assert f"{measured - 55.12:+.2f}" in line
+    report = json.loads(out.read_text())
+    assert report["paper"] == {"row": "t6-at-frwa", "accuracy": {"clean": 81.74, "pgd20": 55.12, "pgd50": 54.88,
+                                                                 "cw": 52.21, "aa": 50.16}}
+    assert report["weights"] == "average"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fr_fast
-from fr_fast.losses import base_loss, craft_adversarial, mart_loss, trades_loss, training_loss
+from fr_fast.losses import base_loss, craft_adversarial, make_fr, mart_loss, trades_loss, training_loss
 
 
 def _tiny(num_classes: int = 5) -> nn.Module:
@@ -150,3 +150,54 @@ def test_trades_attack_runs_in_eval_mode():
     modes.clear()
     craft_adversarial("at", model, x, y, eps=0.1, alpha=0.03, steps=2)
     assert modes and all(modes)  # Madry / Rice AT attack the train-mode model
+
+
+@pytest.mark.parametrize("method, mode", [("at", "eval"), ("trades", "train"), ("mart", "train")])
+def test_attack_mode_overrides_the_reference_mode(method, mode):
+    model = _tiny().train()
+    modes = []
+    model.register_forward_pre_hook(lambda m, i: modes.append(m.training))
+    x, _, y = _batch()
+    craft_adversarial(method, model, x, y, eps=0.1, alpha=0.03, steps=2, mode=mode)
+    assert modes and all(m == (mode == "train") for m in modes)
+    assert model.training  # restored
+    with pytest.raises(ValueError, match="attack mode"):
+        craft_adversarial(method, model, x, y, eps=0.1, alpha=0.03, steps=1, mode="test")
+
+
+def _fr_ratio(diff_rows: torch.Tensor) -> float:
+    zeros = torch.zeros_like(diff_rows)
+    return (fr_fast.fr_loss(diff_rows, zeros, fft="1d") / fr_fast.fr_loss(diff_rows, zeros, fft="2d")).item()
+
+
+def _expected_gaussian_ratio(batch: int, classes: int) -> float:
+    """E[1d] / E[2d] for i.i.d. N(0, 1) entries: E|N(0, s^2)| = s sqrt(2/pi) per real and imaginary part;
+    n1 (n2) bins of the 1-D (2-D) DFT are real (DC, Nyquist), the others have Re and Im of half the variance."""
+    n1 = 1 + (classes % 2 == 0)
+    n2 = (1 + (batch % 2 == 0)) * n1
+    root2 = math.sqrt(2.0)
+    return 2 * classes * math.sqrt(batch) * (n1 + (classes - n1) * root2) / (n2 + (batch * classes - n2) * root2)
+
+
+@pytest.mark.parametrize("classes", [10, 100, 200])
+def test_fr_1d_over_2d_is_about_2c_over_sqrt_b_for_independent_rows(classes):
+    """The measured relation of the README: Eq. 2 as written (1d) vs the authors' code (2d), B = 128."""
+    torch.manual_seed(classes)
+    batch = 128
+    ratios = [_fr_ratio(torch.randn(batch, classes, dtype=torch.float64)) for _ in range(5)]
+    mean = sum(ratios) / len(ratios)
+    assert mean == pytest.approx(_expected_gaussian_ratio(batch, classes), rel=0.03)  # 1.67, 17.6, 35.3
+    assert mean == pytest.approx(2 * classes / math.sqrt(batch), rel=0.08)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_fr_1d_over_2d_is_2c_for_identical_rows(classes):
+    torch.manual_seed(0)
+    rows = torch.randn(1, classes, dtype=torch.float64).expand(64, classes).contiguous()
+    assert _fr_ratio(rows) == pytest.approx(2 * classes, rel=1e-9)
+
+
+def test_fr_term_is_lam_times_fr_loss_on_one_process():
+    a, b = torch.randn(8, 10), torch.randn(8, 10)
+    for fft in ("1d", "2d"):
+        torch.testing.assert_close(make_fr(0.3, "l1", fft)(a, b), 0.3 * fr_fast.fr_loss(a, b, fft=fft))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fr_fast.train as train_mod
+from fr_fast.averaging import WeightAverage
 from fr_fast.checkpoint import load_checkpoint, load_model
 from fr_fast.config import CONFIG_DIRS, load_config
 from fr_fast.train import main, train
@@ -43,7 +44,7 @@ def test_cpu_preset_runs_end_to_end(method, fr, tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     state = load_checkpoint(tmp_path / "last.pt")
-    assert state["epoch"] == 2 and (state["teacher"] is not None) == (fr == "frwa")
+    assert state["epoch"] == 2 and (state["average"] is not None) == (fr == "frwa")
     assert (tmp_path / "best.pt").is_file()
     model, run = load_model(tmp_path / "best.pt")
     assert run["method"] == method and run["num_classes"] == 10
@@ -82,7 +83,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     _states_equal(full["model"].state_dict(), resumed["model"].state_dict())
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
-    _states_equal(a["teacher"], b["teacher"])
+    _states_equal(a["average"], b["average"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     assert [h["val_pgd"] for h in full["history"]] == [h["val_pgd"] for h in resumed["history"]]
@@ -147,7 +148,8 @@ def test_l_model_trains_on_low_pass_inputs(tmp_path):
         train(_tiny_cfg("mnist_cnn_natural", tmp_path / "big", "low_pass_bandwidth=40", "epochs=1"))
 
 
-PAPER_PRESETS = sorted(p.stem for p in CONFIG_DIRS[0].glob("*.yaml") if not p.stem.startswith(("mnist", "fashion")))
+PAPER_PRESETS = sorted(p.stem for p in CONFIG_DIRS[0].glob("*.yaml")
+                       if not p.stem.startswith(("mnist", "fashion", "paper")))
 SLOW = {"cifar10_wrn34_10_at_fr", "cifar10_wrn34_10_at_frwa"}  # WideResNet-34-10: ~46M parameters
 
 
@@ -167,3 +169,65 @@ def test_paper_preset_runs_one_step_on_random_data(preset, tmp_path):
     num_classes = {"cifar100": 100, "tinyimagenet": 200}.get(cfg.dataset, 10)
     model, _ = load_model(tmp_path / "last.pt")
     assert model(torch.rand(1, 3, size, size)).shape == (1, num_classes)
+
+
+def _capture_step_calls(monkeypatch):
+    """Record the attack mode and the FR teacher each training step uses."""
+    calls = {"mode": [], "teacher": [], "fr": []}
+    craft, loss = train_mod.craft_adversarial, train_mod.training_loss
+
+    def craft_spy(*args, mode=None, **kwargs):
+        calls["mode"].append(mode)
+        return craft(*args, mode=mode, **kwargs)
+
+    def loss_spy(*args, fr=None, teacher=None, **kwargs):
+        calls["fr"].append(fr is not None)
+        calls["teacher"].append(teacher)
+        return loss(*args, fr=fr, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(train_mod, "craft_adversarial", craft_spy)
+    monkeypatch.setattr(train_mod, "training_loss", loss_spy)
+    return calls
+
+
+@pytest.mark.parametrize("role", ["teacher", "evaluated", "both"])
+def test_wa_roles_choose_teacher_validation_and_selection(role, tmp_path, monkeypatch):
+    calls = _capture_step_calls(monkeypatch)
+    recalibrated = []
+    monkeypatch.setattr(WeightAverage, "recalibrate_bn",
+                        lambda self, *a, **k: recalibrated.append(self.n_averaged) or 0)
+    cfg = _tiny_cfg("mnist_cnn_at_frwa", tmp_path, "fake_data=64", "epochs=3", f"wa_role={role}")
+    summary = train(cfg)
+    history = summary["history"]
+    # teacher/both: the average starts from the weights after epoch index 0 (the last one before the decay) so
+    # that it is FR's teacher from the decay on; evaluated: from the weights after the first decayed-lr epoch
+    # (the authors' code). Its BN statistics are re-estimated at creation and after every update.
+    counts = [1, 2, 3] if role != "evaluated" else [0, 1, 2]
+    assert [h["wa_models"] for h in history] == counts
+    assert recalibrated == [c for c in counts if c]
+    teachers = calls["teacher"][cfg.max_train_batches:]  # the FR epochs (index 1 and 2)
+    assert all(calls["fr"][cfg.max_train_batches:]) and not any(calls["fr"][:cfg.max_train_batches])
+    assert all((t is not None) == (role != "evaluated") for t in teachers)
+    evaluated = role in ("evaluated", "both")
+    assert summary["selected_by"] == ("avg_val_pgd" if evaluated else "val_pgd")
+    assert all(("avg_val_pgd" in h) == (evaluated and h["wa_models"] > 0) for h in history)
+    state = load_checkpoint(tmp_path / "best.pt")
+    assert state["average"] is not None and state["model"] is not None  # both always saved
+    _, run = load_model(tmp_path / "best.pt")
+    assert run["weights"] == ("average" if evaluated else "student")
+
+
+@pytest.mark.parametrize("preset, extra, expected", [
+    ("mnist_cnn_at_fr", [], "train"), ("mnist_cnn_trades", [], "eval"),
+    ("mnist_cnn_at_fr", ["attack_mode=eval"], "eval"), ("mnist_cnn_mart", ["attack_mode=train"], "train")])
+def test_training_attack_mode(preset, extra, expected, tmp_path, monkeypatch):
+    calls = _capture_step_calls(monkeypatch)
+    train(_tiny_cfg(preset, tmp_path, "fake_data=32", "epochs=1", "fr_start_epoch=0", *extra))
+    assert calls["mode"] and set(calls["mode"]) == {expected}
+
+
+def test_fr_that_never_switches_on_stops_before_training(tmp_path, capsys):
+    assert main(["mnist_cnn_at_fr", "--epochs=1", f"--out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "fr_start_epoch" in err and "milestone" in err and "Traceback" not in err
+    assert not (tmp_path / "last.pt").exists()
