@@ -139,11 +139,11 @@ class TrainConfig:
     attack_mode: str = knob("auto", "model mode while crafting training attacks: train | eval | auto (each "
                             "method's reference code: AT train, TRADES/MART eval; the FR authors' code: eval)")
     awp_gamma: Union[float, None] = knob(None, "AWP weight perturbation size; null = the AWP code's: 0.01 "
-                                         "(AT-AWP), 0.005 (TRADES-AWP)")
-    awp_warmup: Union[int, None] = knob(None, "first epoch index with AWP; null = the AWP code's: 0 (AT-AWP), "
-                                        "9 (TRADES-AWP: its epoch 10, 1-based)")
+                                         "(AWP on AT), 0.005 (AWP on TRADES)")
+    awp_warmup: Union[int, None] = knob(None, "first epoch index with AWP; null = the AWP code's: 0 (AWP on AT), "
+                                        "9 (AWP on TRADES; its code counts epochs from 1: the 10th)")
     awp_proxy_lr: Union[float, None] = knob(None, "lr of AWP's proxy ascent step; null = the AWP code's: 0.01 "
-                                            "(AT-AWP), the initial lr (TRADES-AWP)")
+                                            "(AWP on AT), the initial lr (AWP on TRADES)")
     # speed
     amp: str = knob("auto", "autocast: auto (bf16, else fp16 + GradScaler on CUDA; CPU: bf16 if native) | "
                     "bf16 | fp16 | off")

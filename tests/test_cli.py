@@ -85,9 +85,9 @@ def test_train_option_forms(argv, expected, capsys):
 
 
 def test_options_and_positionals_mix_in_any_order(capsys):
-    assert train.main(["--epochs", "4", "mnist_cnn_at", "lam=0.3", "--print-config", "--fr", "fr"]) == 0
+    assert train.main(["--epochs", "7", "mnist_cnn_at", "lam=0.3", "--print-config", "--fr", "fr"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert (printed["epochs"], printed["lam"], printed["fr"], printed["dataset"]) == (4, 0.3, "fr", "mnist")
+    assert (printed["epochs"], printed["lam"], printed["fr"], printed["dataset"]) == (7, 0.3, "fr", "mnist")
 
 
 @pytest.mark.parametrize("argv, message", [
