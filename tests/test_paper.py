@@ -86,7 +86,9 @@ def test_docs_presets_md_is_up_to_date():
 def test_train_cli_paper_print_config(capsys):
     assert train_main(["--paper", "Table 8: MART + FR/WA", "--print-config"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown == config_to_dict(paper.row_config("t8-mart-frwa"))
+    expected = config_to_dict(paper.row_config("t8-mart-frwa"))
+    assert Path(shown.pop("out_dir")).parent == Path(expected.pop("out_dir")).parent  # runs/<row id>/<UTC time>
+    assert shown == expected
     assert (shown["wa_role"], shown["attack_mode"], shown["paper_row"]) == ("teacher", "eval", "t8-mart-frwa")
 
 
