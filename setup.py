@@ -63,7 +63,8 @@ setup(
     # configs/ ships inside the package as fr_fast.configs, so presets resolve by name after a plain install.
     packages=find_packages(include=["fr_fast", "fr_fast.*"]) + ["fr_fast.configs"],
     package_dir={"fr_fast.configs": "configs"},
-    package_data={"fr_fast.configs": ["*.yaml"]},
+    # presets, profiles (dataset/, model/, method/) and paper.yaml
+    package_data={"fr_fast.configs": ["*.yaml", "*/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -4,7 +4,8 @@ Trains the small CNN with PGD-AT + FR (lam 0.1) on the 5000 MNIST images embedde
 (3600 train / 400 validation / 1000 test) with the preset ``configs/mnist_cnn_at_fr.yaml``
 (eps 0.3, PGD-5 with alpha = eps/4 in training, FR from the first lr decay as in the paper), then
 reports clean and PGD-20 accuracy (alpha = eps/4, random start) of the best-validation checkpoint on
-the 1000 test images. Any config field overrides the preset (e.g. ``--epochs 2``, ``--no-progress``).
+the 1000 test images. Any config field overrides the preset (e.g. ``--epochs 4 --lr_milestones 3``,
+``--no-progress``).
 """
 from __future__ import annotations
 
