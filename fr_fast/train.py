@@ -14,8 +14,9 @@ Paper choices (sec. 5 and appendix A.3/A.6): SGD momentum 0.9, wd 5e-4 (2e-4 TRA
 lr 0.1 decayed x0.1 at epochs 75 and 90 of 100, PGD-10 with alpha 2/255 and eps 8/255, 9:1 train/val
 split, best checkpoint by validation PGD-20 (clean accuracy for natural training: ``select_by``), FR and WA
 switched on at the first lr decay (``fr_start_epoch``/``wa_start_epoch`` None). Choices the paper does not
-state: the averaged teacher is evaluated in eval mode; its BN statistics are re-estimated after each
+state: the weight average runs in eval mode; its BN statistics are re-estimated at creation and after each
 averaging step (``bn_recalibrate``, as the authors' code); validation uses the same autocast as training.
+Where text and authors' code differ, ``fft``, ``wa_role`` and ``attack_mode`` choose (README, method section).
 """
 from __future__ import annotations
 
