@@ -339,6 +339,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         # metrics.jsonl/csv mirror the checkpoint's history (fresh run: empty; resume: up to its epoch)
         log = MetricsLog(out_dir, state.history, run_info, tensorboard=cfg.tensorboard) if rt.is_main else None
         run_start = time.perf_counter()
+        checkpoint: dict[str, Any] | None = None  # the newest one written (rank 0)
         for epoch in range(state.epoch, cfg.epochs):
             seed_everything(mix_seed(cfg.seed, epoch, rt.rank))
             train_loader.set_epoch(epoch)
@@ -368,6 +369,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
                 dist.barrier()
             if epoch + 1 < cfg.epochs:
                 stop.check(f"after epoch {epoch + 1} (saved)")
+        if checkpoint is not None and (note := reconcile_best(out_dir, checkpoint)):  # e.g. best.pt deleted meanwhile
+            print(note, file=sys.stderr, flush=True)
 
         if log is not None:
             log.close()

@@ -1,4 +1,5 @@
-"""End-to-end training: every method x {none, FR, FR/WA}, exact kill-and-resume, NaN guard, CLI, paper presets.
+"""End-to-end training: every method x {none, FR, FR/WA}, exact resume after an exception, NaN guard, CLI, paper
+presets.
 
 All runs are tiny (a few batches of the embedded MNIST or random images, width-4 CNN) so each takes seconds.
 """
@@ -61,7 +62,8 @@ def _states_equal(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_exception_mid_epoch_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """In-process: an exception in epoch 3 (FR/WA, TRADES), then --resume. Real SIGKILLs: test_kill.py."""
     extra = ["epochs=3", "max_train_batches=3", "deterministic=true"]
     full = train(_tiny_cfg("mnist_cnn_trades_frwa", tmp_path / "full", *extra))
 

@@ -152,3 +152,18 @@ def test_unwritable_out_dir_fails_before_any_work(tmp_path, monkeypatch, capsys)
 def test_fp16_on_cpu_warns(tmp_path, capsys):
     train(_cfg(tmp_path, "amp=fp16", "epochs=1", "max_train_batches=1"))
     assert "amp=fp16 on the CPU is emulated and slow" in capsys.readouterr().err
+
+
+def test_best_pt_is_reconciled_at_the_end_of_a_run(tmp_path, monkeypatch, capsys):
+    scores = iter([10.0, 20.0])  # every epoch improves: best.pt is due after each one
+    monkeypatch.setattr(train_mod, "validate", lambda *a, **k: dict.fromkeys(("val_clean", "val_pgd"), next(scores)))
+    real_save = train_mod.save_checkpoint
+
+    def lose_the_last_best_write(state, path):
+        if not (Path(path).name == "best.pt" and state["epoch"] == 2):
+            real_save(state, path)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", lose_the_last_best_write)
+    train(_cfg(tmp_path))
+    assert "best.pt repaired: it held epoch 1, the run's best is epoch 2" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
