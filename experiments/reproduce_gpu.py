@@ -51,13 +51,13 @@ def run_overrides(name: str, seed: int, args: argparse.Namespace, epochs: int, o
     common = [f"--model={args.model}", "--pad_to=32", f"--batch_size={args.batch_size}", "--lr=0.1",
               "--eps=0.1", "--alpha=0.025", "--attack_steps=10", "--fft=2d", "--lam=0.1",
               f"--epochs={epochs}", f"--lr_milestones={sorted(set(milestones))}", f"--seed={seed}",
-              f"--out_dir={out_dir}", "--progress=false", f"--cpu_threads={args.threads}",
+              f"--out_dir={out_dir}", "--progress=false", f"--cpu_threads={args.threads}", "--model_kwargs={}",
               f"--max_train_batches={'null' if train_batches is None else train_batches}",
               f"--max_val_batches={'null' if args.val_batches is None else args.val_batches}"]
     if args.data_dir:
         common.append(f"--data_dir={args.data_dir}")
     if args.dry_run:
-        common += ["--fake_data=128", "--device=cpu", "--model_kwargs={}"]
+        common += ["--fake_data=128", "--device=cpu"]
     if train_batches is not None:  # probe: FR and WA on from the first step, so the probe times them
         common += ["--fr_start_epoch=0", "--wa_start_epoch=0"]
     return [*common, *METHODS[name], *args.override]
