@@ -362,7 +362,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
                 metrics.update(_validation(cfg, state, val_loader, rt))
             improved = state.record(metrics, select_key)
             if rt.is_main:
-                last_good = _save(out_dir, {**run_info, **state.state_dict()}, improved, last_good, epoch)
+                checkpoint = {**run_info, **state.state_dict()}
+                last_good = _save(out_dir, checkpoint, improved, last_good, epoch)
                 log.append(metrics)
                 print(epoch_line(cfg, metrics), flush=True)
             if rt.world > 1:
