@@ -80,7 +80,8 @@ def run(images: list[int], repeats: int, device: str) -> dict:
     return {
         "benchmark": "fourier_heatmap vs fourier_heatmap_loop",
         "model": f"small_cnn (random init), {CHANNELS}x{SIZE}x{SIZE}, {CLASSES} classes, eps_norm={NORM}",
-        "device": device if device != "cpu" else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "device": (f"{device} ({torch.cuda.get_device_name(device)})" if device.startswith("cuda")
+                   else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": repeats,

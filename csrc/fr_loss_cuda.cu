@@ -134,7 +134,7 @@ __global__ void fr_l1_backward_kernel(const acc_t* grad, int64_t g_stride, acc_t
 size_t shared_bytes_for(int64_t C, size_t acc_size, bool backward) {
   const int64_t values = 3 * C + (backward ? 2 * num_half_bins(C) : 0);
   const size_t bytes = static_cast<size_t>(values) * acc_size;
-  TORCH_CHECK(bytes <= 48 * 1024, "fr_l1 (CUDA): ", C, " classes need ", bytes,
+  TORCH_CHECK(bytes <= 48 * 1024, "fr_l1 (CUDA): ", text(C), " classes need ", text(static_cast<int64_t>(bytes)),
               " bytes of shared memory per row; at most 48 KiB are supported");
   return bytes;
 }

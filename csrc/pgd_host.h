@@ -12,6 +12,7 @@
 #include <string>
 
 #include "fr_common.h"
+#include "fr_text.h"
 
 namespace fr_fast {
 
@@ -60,12 +61,12 @@ inline std::string dtype_name(at::ScalarType t) {
 }
 
 inline void check_operand(const char* op, const at::Tensor& x_adv, const at::Tensor& other, const char* name) {
-  TORCH_CHECK_VALUE(other.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", other.sizes(),
-                    " but x_adv has shape ", x_adv.sizes());
+  TORCH_CHECK_VALUE(other.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", text(other.sizes()),
+                    " but x_adv has shape ", text(x_adv.sizes()));
   TORCH_CHECK_VALUE(other.scalar_type() == x_adv.scalar_type(), op, ": x_adv is ", dtype_name(x_adv.scalar_type()), " but ",
                     name, " is ", dtype_name(other.scalar_type()), "; convert it with .to(x_adv.dtype)");
-  TORCH_CHECK_VALUE(other.device() == x_adv.device(), op, ": x_adv is on ", x_adv.device(), " but ", name, " is on ",
-                    other.device());
+  TORCH_CHECK_VALUE(other.device() == x_adv.device(), op, ": x_adv is on ", text(x_adv.device()), " but ", name, " is on ",
+                    text(other.device()));
   // Both dense and overlapping: the kernel would read what it has already written. (A non-dense operand
   // is copied before the kernel runs, so it cannot alias what the kernel writes.)
   const at::MemOverlapStatus overlap = at::get_overlap_status(x_adv, other);
@@ -88,7 +89,7 @@ inline void set_clip(const char* op, StepPlan& plan, std::optional<double> clip_
   plan.lo = clip_min.value_or(-inf);
   plan.hi = clip_max.value_or(inf);
   TORCH_CHECK_VALUE(!std::isnan(plan.lo) && !std::isnan(plan.hi) && plan.lo <= plan.hi, op,
-                    ": need clip_min <= clip_max (None for no bound), got ", plan.lo, " and ", plan.hi);
+                    ": need clip_min <= clip_max (None for no bound), got ", text(plan.lo), " and ", text(plan.hi));
 }
 
 // A per-sample value tensor as contiguous values in the accumulation dtype, checked (one device sync
@@ -99,11 +100,12 @@ inline at::Tensor per_sample(const char* op, const std::optional<at::Tensor>& gi
   const at::Tensor& rows = *given;
   TORCH_CHECK_VALUE(x_adv.dim() >= 1, op, ": a per-sample ", name, " needs an x_adv with a batch dimension");
   TORCH_CHECK_VALUE(rows.dim() == 1 && rows.size(0) == x_adv.size(0), op, ": a per-sample ", name,
-                    " must have shape (", x_adv.size(0), ",), one value per sample of x_adv, got ", rows.sizes());
+                    " must have shape (", text(x_adv.size(0)), ",), one value per sample of x_adv, got ",
+                    text(rows.sizes()));
   TORCH_CHECK_VALUE(rows.is_floating_point(), op, ": ", name, " must be a floating-point tensor, got ",
                     dtype_name(rows.scalar_type()));
-  TORCH_CHECK_VALUE(rows.device() == x_adv.device(), op, ": x_adv is on ", x_adv.device(), " but ", name, " is on ",
-                    rows.device());
+  TORCH_CHECK_VALUE(rows.device() == x_adv.device(), op, ": x_adv is on ", text(x_adv.device()), " but ", name, " is on ",
+                    text(rows.device()));
   const at::Tensor values = rows.to(x_adv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
   const at::Tensor ok = non_negative ? at::logical_and(values.isfinite(), values >= 0) : values.isfinite();
   TORCH_CHECK_VALUE(ok.all().item<bool>(), op, ": every ", name, " must be finite", non_negative ? " and >= 0" : "");
@@ -132,8 +134,8 @@ inline StepPlan plan_pgd_step(const at::Tensor& x_adv, const at::Tensor& grad, c
   check_target(op, x_adv);
   check_operand(op, x_adv, grad, "grad");
   check_operand(op, x_adv, x_nat, "x_nat");
-  TORCH_CHECK_VALUE(std::isfinite(alpha), op, ": alpha must be a finite number, got ", alpha);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite number >= 0, got ", eps);
+  TORCH_CHECK_VALUE(std::isfinite(alpha), op, ": alpha must be a finite number, got ", text(alpha));
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite number >= 0, got ", text(eps));
   StepPlan plan;
   set_clip(op, plan, clip_min, clip_max);
   plan.step = alpha;

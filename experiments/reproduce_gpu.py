@@ -56,8 +56,8 @@ def run_overrides(name: str, seed: int, args: argparse.Namespace, epochs: int, o
               f"--max_val_batches={'null' if args.val_batches is None else args.val_batches}"]
     if args.data_dir:
         common.append(f"--data_dir={args.data_dir}")
-    if args.dry_run:
-        common += ["--fake_data=128", "--device=cpu"]
+    # the Fashion-MNIST presets are CPU presets: name the device (dry run: the CPU)
+    common += ["--fake_data=128", "--device=cpu"] if args.dry_run else ["--device=cuda"]
     if train_batches is not None:  # probe: FR and WA on from the first step, so the probe times them
         common += ["--fr_start_epoch=0", "--wa_start_epoch=0"]
     return [*common, *METHODS[name], *args.override]
@@ -142,7 +142,8 @@ def size_epochs(probes: list[dict], args: argparse.Namespace, seconds: float) ->
     per_epoch = (n_train * TRAIN_UNITS + n_val * VAL_UNITS) / rate + 3.0  # + checkpoint, BN recalibration
     evaluation = (args.n_test * TEST_UNITS + args.n_aa * AA_UNITS) / rate + 15.0  # + start-up
     # 85 %: the probe's speed is a guess for the whole run (cuDNN autotuning, evaluation batch sizes)
-    return max(1, min(args.max_epochs, int((0.85 * seconds - evaluation) / per_epoch))), per_epoch
+    # at least 2: FR and WA start at the first lr decay, which needs an epoch before it
+    return max(2, min(args.max_epochs, int((0.85 * seconds - evaluation) / per_epoch))), per_epoch
 
 
 def summarise(args: argparse.Namespace, meta: dict) -> dict:
