@@ -25,15 +25,15 @@ PRESET = "mnist_cnn_at_fr"
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("fr-fast demo", __doc__.splitlines()[0].split(": ", 1)[-1],
                          usage="fr-fast demo [--FIELD VALUE ...] [--out-dir DIR] [--test-examples N] [--debug]")
-    parser.add_argument("--out-dir", "--out_dir", default="runs/demo_mnist_at_fr",
-                        help="where checkpoints and metrics go")
+    parser.add_argument("--out-dir", "--out_dir", default=None,
+                        help=f"where checkpoints and metrics go (default: a new runs/{PRESET}/<UTC time>)")
     parser.add_argument("--test-examples", type=int, default=None, help="evaluate on the first N test images")
     names = add_dataclass_options(parser, TrainConfig, "config fields (override the preset)", skip=("out_dir",))
     return run_guarded("fr-fast demo", argv, lambda: _run(*parse_args(parser, TrainConfig, names, argv)))
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
-    cfg = load_config(PRESET, [f"--out_dir={args.out_dir}", *overrides])
+    cfg = load_config(PRESET, [*([f"--out_dir={args.out_dir}"] if args.out_dir else []), *overrides])
     print(f"fr_fast demo: {cfg.method.upper()} + FR (lam {cfg.lam}) | {cfg.model} on {cfg.dataset} | "
           f"eps {cfg.eps:g} | {cfg.epochs} epochs", flush=True)
     start = time.perf_counter()
