@@ -15,6 +15,7 @@ from typing import Any
 
 from fr_fast.checkpoint import load_checkpoint
 from fr_fast.cli_args import make_parser, run_guarded
+from fr_fast.runfolder import ensure_writable_file
 
 COLUMNS = ("run", "method", "lambda", "epochs", "best epoch", "val clean %", "val PGD %", "eval clean %",
            "eval PGD-20 %", "eval AA %")
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = parser.parse_args(argv)
+        if args.plot:  # before any work, as every command
+            ensure_writable_file(args.plot, "--plot file")
         root = Path(args.folder)
         runs = [load_run(p) for p in find_runs(root)]
         for run in runs:
@@ -183,6 +186,8 @@ def compare_main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = parser.parse_args(argv)
+        if args.plot:
+            ensure_writable_file(args.plot, "--plot file")
         return _show([load_run(p) for p in args.runs], args.plot)
 
     return run_guarded("fr-fast compare", argv, body)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fr_fast import runs
 from fr_fast.config import load_config
 from fr_fast.runfolder import (RunFolderBusy, RunFolderError, RunLock, claim_run_folder, default_out_dir,
                                ensure_writable_dir, ensure_writable_file, latest_run, run_dir)
@@ -110,3 +111,10 @@ def test_presets_get_their_own_timestamped_folder(tmp_path, monkeypatch):
     (tmp_path / "runs" / "mnist_cnn_at" / "20260101-000000").mkdir(parents=True)
     (tmp_path / "runs" / "mnist_cnn_at" / "20260101-000000" / "last.pt").write_bytes(b"x")
     assert load_config("mnist_cnn_at", ["--resume"]).out_dir == "runs/mnist_cnn_at/20260101-000000"
+
+
+@pytest.mark.parametrize("command", [runs.main, runs.compare_main])
+def test_runs_and_compare_check_the_plot_path_first(tmp_path, capsys, command):
+    assert command([str(tmp_path), "--plot", "/nonexistent/curves.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--plot file '/nonexistent/curves.png'" in err and "does not exist" in err
