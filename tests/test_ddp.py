@@ -29,7 +29,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     cfg = load_config("mnist_cnn_at_frwa", [
         "fake_data=64", "epochs=2", "lr_milestones=[1]", "batch_size=16", "max_train_batches=2",
         "max_val_batches=1", "attack_steps=2", "eval_pgd_steps=2", "model_kwargs={width: 4}",
-        "bn_recalibrate_batches=1", "device=cpu", "progress=false", f"out_dir={out_dir}"])
+        "bn_recalibrate_batches=1", "device=cpu", "progress=false", "fft=2d",  # the gathered 2-D FR term
+        f"out_dir={out_dir}"])
     summary = train(cfg)
     torch.save({k: v.clone() for k, v in summary["model"].state_dict().items()}, Path(out_dir) / f"rank{rank}.pt")
 

@@ -99,3 +99,13 @@ def test_train_cli_errors_are_one_line(capsys):
     assert train_main(["mnist_cnn_at_fr", "--epochs=1"]) == 2
     err = capsys.readouterr().err
     assert "fr_start_epoch" in err and "Traceback" not in err
+
+
+def test_paper_row_is_not_a_training_change_on_resume():
+    import dataclasses
+
+    from fr_fast.resume import resume_changes
+
+    cfg = paper.row_config("t6-at-fr")
+    assert resume_changes(config_to_dict(cfg), dataclasses.replace(cfg, paper_row=None)) == {}
+    assert "lam" in resume_changes(config_to_dict(cfg), dataclasses.replace(cfg, lam=0.2))
