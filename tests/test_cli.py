@@ -139,7 +139,8 @@ def test_user_errors_of_every_command_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_demo_takes_the_same_field_options(tmp_path, capsys):
-    assert demo.main(["--epochs", "1", "--lr_milestones", "1", "--max_train_batches", "2", "--max_val_batches", "1",
+    assert demo.main(["--epochs", "1", "--lr_milestones", "1", "--fr_start_epoch", "0", "--max_train_batches", "2",
+                      "--max_val_batches", "1",
                       "--attack_steps", "1", "--eval_pgd_steps", "1", "--no-progress", "--model_kwargs", "{width: 4}",
                       "--out-dir", str(tmp_path / "demo"), "--test-examples", "20", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
