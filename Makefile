@@ -1,21 +1,21 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   # AT+FR on real embedded MNIST, prints clean and PGD-20 accuracy
 #   make test   # the test suite
-# Both create .venv, install the pinned requirements and build the fr_fast._C extension (CUDA
-# kernels too when nvcc and a CUDA build of torch are present).
+# Both create .venv, install torch (pinned in requirements-dev.txt) and fr_fast[dev] editable, which builds
+# the fr_fast._C extension: setup.py finds the CUDA toolkit itself and adds the CUDA kernels when it can.
 PYTHON_BOOT ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-export CUDA_HOME ?= $(wildcard /usr/local/cuda)
-export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench install package-check clean
 
-$(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*)
+$(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	# AutoAttack's torchattacks, without its dependencies (README, "Install"); the pin is in fr_fast/_optional.py
+	$(PY) -m pip install -q --no-deps "$$($(PY) -c 'from fr_fast._optional import TORCHATTACKS; print(TORCHATTACKS)')"
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,5 +32,9 @@ test-all: install
 bench: install
 	$(PY) benchmarks/bench_ops.py
 
+# sdist -> wheel built from it alone -> installed into a temporary folder -> imported (CPU-only build)
+package-check: install
+	PY=$(PY) .ci/package_check
+
 clean:
-	rm -rf build *.egg-info fr_fast/_C*.so
+	rm -rf build dist *.egg-info fr_fast/_C*.so fr_fast/_C.build.json

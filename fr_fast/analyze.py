@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from fr_fast import attacks, plots
 from fr_fast import runinfo
 from fr_fast import spectral as sp
+from fr_fast._optional import require
 from fr_fast.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--out is required: the folder for the figures and tables")
     out = ensure_writable_dir(args.out, "--out folder")  # before any computation
+    require("matplotlib", "fr-fast analyze (its figures)")  # before minutes of analysis, not after
     what = _parse_what(args.what)
     for path in args.checkpoints:
         if not os.path.isfile(path):

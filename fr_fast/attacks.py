@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fr_fast._optional import require
 from fr_fast.models.modes import eval_mode
 from fr_fast.ops import pgd_step_, random_start_
 
@@ -306,7 +307,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, ver
     (B, C, H, W) float32 tensor ``x_adv`` in [0, 1] with ``||x_adv - x||_inf <= eps`` (projected
     once more for safety), in x's memory format; examples no attack broke are returned unchanged.
     """
-    import torchattacks  # heavy import, only needed here
+    torchattacks = require("torchattacks", "AutoAttack")  # heavy import, only needed here
 
     _check_scalars(eps, None, steps)
     if version not in AA_VERSIONS:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from fr_fast.cli_args import run_guarded
+
 COMMANDS = {
     "train": ("fr_fast.train", "train a model (AT/TRADES/MART/AWP, +FR or FR/WA) from a config preset"),
     "eval": ("fr_fast.evaluate", "robustness report of a checkpoint: clean, PGD-20/50, CW-inf, AutoAttack"),
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, _, function = COMMANDS[command][0].partition(":")
     module = importlib.import_module(module_name)
-    return int(getattr(module, function or "main")(rest) or 0)
+    # Commands guard their own errors; this covers what escapes them (e.g. a missing optional extra).
+    return run_guarded(f"fr-fast {command}", rest, lambda: getattr(module, function or "main")(rest))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from fr_fast import attacks as atk
 from fr_fast import runinfo
+from fr_fast._optional import require
 from fr_fast.checkpoint import WEIGHTS, checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config import knob
@@ -80,7 +81,7 @@ def attack_spec(name: str, eps: float, alpha: float, *, aa_version: str = "stand
         return AttackSpec(name, settings, lambda m, x, y: atk.pgd(m, x, y, eps=eps, alpha=alpha, steps=steps,
                                                                   loss=loss, restarts=restarts))
     if name == "aa":
-        import torchattacks
+        torchattacks = require("torchattacks", "AutoAttack")
         if aa_version not in atk.AA_VERSIONS:
             raise ValueError(f"aa_version must be one of {atk.AA_VERSIONS}, got {aa_version!r}")
         settings = {"attack": "autoattack", "version": aa_version, "eps": eps, "steps": aa_steps,

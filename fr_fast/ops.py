@@ -13,15 +13,9 @@ import torch
 from torch import Tensor
 
 from fr_fast import reference
+from fr_fast._extension import LOAD_ERROR as EXTENSION_ERROR  # None once the kernels are registered
 from fr_fast.checks import check_choice, check_radius
 from fr_fast.reference import DISTANCES, FFT_MODES, REDUCTIONS
-
-try:
-    from fr_fast import _C  # noqa: F401  (loading it registers the torch.ops.fr_fast kernels)
-
-    EXTENSION_ERROR: str | None = None
-except ImportError as error:  # not built: the references take over
-    EXTENSION_ERROR = str(error)
 
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 # The CUDA FR kernel does a direct DFT per row in shared memory, O(C^2) per row: until a crossover

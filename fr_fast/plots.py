@@ -12,12 +12,12 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from fr_fast._optional import require
 from fr_fast.fourier import centered_spectrum, high_pass, low_pass
 
 
 def _plt():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

