@@ -41,7 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fr_fast  # noqa: E402
+from fr_fast.attacks import ce_loss, perturb, pgd  # noqa: E402
 from fr_fast.config import TrainConfig  # noqa: E402
+from fr_fast.data import DATASETS, load_dataset, to_float  # noqa: E402
 from fr_fast.models import build_model  # noqa: E402
 from fr_fast.runtime import resolve_amp  # noqa: E402
 from fr_fast.state import TrainState  # noqa: E402
@@ -206,9 +208,6 @@ def attack_strength(device: str, seed: int = 0, n_test: int = 1000, eps: float =
     Both attacks: PGD-20, alpha eps/4, CE, uniform random start with the same seed, model in eval mode;
     accuracy on the resulting x_adv is always measured in float32.
     """
-    from fr_fast.attacks import ce_loss, perturb, pgd
-    from fr_fast.data import DATASETS, load_dataset, to_float
-
     info = DATASETS["mnist"]
     train_set, test_set = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     x_train, y_train = to_float(train_set.images).to(device), train_set.labels.to(device)

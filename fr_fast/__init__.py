@@ -12,8 +12,8 @@ from fr_fast.ops import FRLoss, backend, fr_loss, pgd_step_, random_start_
 __all__ = ["FRLoss", "backend", "fr_loss", "pgd_step_", "random_start_"]
 __version__ = "0.1.0"
 
-_SUBMODULES = {"attacks", "averaging", "checkpoint", "config", "data", "evaluate", "losses", "models",
-               "reference", "spectral", "train", "analyze"}
+_SUBMODULES = {"attacks", "averaging", "checkpoint", "config", "data", "evaluate", "fourier", "heatmap", "losses",
+               "models", "plots", "reference", "spectral", "state", "train", "analyze"}
 
 
 def __getattr__(name: str):
