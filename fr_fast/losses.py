@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from fr_fast.attacks import ce_loss, perturb
 from fr_fast.config import REFERENCE_ATTACK_MODES
+from fr_fast.models.modes import module_mode
 from fr_fast.ops import FRLoss
 
 # Numerical guards of the MART reference code (keep the log finite when a probability is 0 or 1).
@@ -142,9 +143,7 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
     mode = REFERENCE_ATTACK_MODES[method] if mode is None else mode
     if mode not in ("train", "eval"):
         raise ValueError(f"attack mode must be 'train' or 'eval', got {mode!r}")
-    was_training = model.training
-    model.train(mode == "train")
-    try:
+    with module_mode(model, mode == "train"):
         if method in ("natural", "at"):
             return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps).detach()
         x_init = (x + _SMALL_START_STD * torch.randn_like(x)).clamp_(0.0, 1.0)
@@ -155,8 +154,6 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
         else:
             loss_fn = ce_loss
         return perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init).detach()
-    finally:
-        model.train(was_training)
 
 
 def _world_size() -> int:
