@@ -35,8 +35,8 @@ from fr_fast import spectral as sp
 from fr_fast._optional import require
 from fr_fast.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
-from fr_fast.config import knob
 from fr_fast.data import load_dataset
+from fr_fast.fields import knob
 from fr_fast.progress import Progress
 from fr_fast.runfolder import ensure_writable_dir
 

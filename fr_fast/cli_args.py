@@ -4,7 +4,7 @@ Each field of an options dataclass (:class:`fr_fast.config.TrainConfig`, ``EvalO
 ``--name VALUE`` / ``--name=VALUE`` (``--name-with-dashes`` works too); a bool field becomes
 ``--name`` / ``--no-name`` (``--name=false`` also works); a list field takes one or more values
 (``--lr_milestones 10 20`` or ``--lr_milestones=[10,20]``). The help line of a field is the ``help``
-entry of its metadata (see :func:`fr_fast.config.knob`), followed by its type and default, so a
+entry of its metadata (see :func:`fr_fast.fields.knob`), followed by its type and default, so a
 field's description is written once, next to the field. Values are parsed and type-checked by
 :mod:`fr_fast.config` (YAML scalars, ``8/255`` fractions, ``null``).
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Union
 
 import yaml
 
-from fr_fast.config import config_from_dict, parse_overrides
+from fr_fast.fields import config_from_dict, parse_overrides
 from fr_fast.interrupt import Interrupted
 
 # Exceptions that mean "the user asked for something that cannot be done" (their messages name the
@@ -72,7 +72,7 @@ def field_help(cls: type) -> dict[str, str]:
     missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")]
     if missing:
         raise TypeError(f"{cls.__name__} fields without a help text: {', '.join(missing)} "
-                        "(declare them with fr_fast.config.knob(default, help))")
+                        "(declare them with fr_fast.fields.knob(default, help))")
     return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
 
@@ -162,7 +162,7 @@ def _expand_bool_values(argv: list[str], cls: type) -> list[str]:
 
 
 def override_strings(args: argparse.Namespace, names: list[str]) -> list[str]:
-    """The given field options of ``args`` as ``--name=value`` strings for :func:`fr_fast.config.parse_overrides`."""
+    """The given field options of ``args`` as ``--name=value`` strings for :func:`fr_fast.fields.parse_overrides`."""
     overrides = []
     for name in names:
         dest = f"_field_{name}"

@@ -36,8 +36,8 @@ from fr_fast import runinfo
 from fr_fast._optional import require
 from fr_fast.checkpoint import WEIGHTS, checkpoint_data_dir, load_model
 from fr_fast.cli_args import add_dataclass_options, make_parser, parse_options, run_guarded
-from fr_fast.config import knob
 from fr_fast.data import load_dataset
+from fr_fast.fields import knob
 from fr_fast.measure import batches, example_count, is_correct, model_device, progress_bar
 from fr_fast.paper import comparison_table, published_for_eval
 from fr_fast.robustbench import default_name, robustbench_entry

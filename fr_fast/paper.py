@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from fr_fast.config import CONFIG_DIRS, TrainConfig, compose, config_from_dict, parse_overrides
+from fr_fast.config import CONFIG_DIRS, TrainConfig, compose
+from fr_fast.fields import config_from_dict, parse_overrides
 from fr_fast.runfolder import run_dir
 
 PAPER_FILE = "paper.yaml"
@@ -106,10 +107,10 @@ def row_config(query: str, overrides: list[str] | None = None) -> TrainConfig:
     """The TrainConfig of a paper row (id or "Table N: label") with ``--key=value`` overrides on top."""
     row = find_row(query)
     values = row_values(row)
-    values.update(parse_overrides(list(overrides or [])))
+    values.update(parse_overrides(list(overrides or []), TrainConfig))
     if values.get("out_dir") is None:  # runs/<row id>/<UTC time>, as presets name theirs
         values["out_dir"] = run_dir(row.id, values.get("resume"))
-    return config_from_dict(values, where=f"{PAPER_FILE} row {row.id!r}")
+    return config_from_dict(values, TrainConfig, where=f"{PAPER_FILE} row {row.id!r}")
 
 
 def published_for_eval(row_id: str, cfg: dict[str, Any] | None = None) -> dict[str, float]:

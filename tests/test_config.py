@@ -36,7 +36,7 @@ def test_unknown_field_is_named_with_suggestion():
     with pytest.raises(ValueError, match=r"unknown config field 'lamda'.*did you mean lam"):
         load_config(None, ["--lamda=0.2"])
     with pytest.raises(ValueError, match="unknown config field 'nope'"):
-        config_from_dict({"nope": 1})
+        config_from_dict({"nope": 1}, TrainConfig)
 
 
 @pytest.mark.parametrize("override, field, expected", [
@@ -89,7 +89,7 @@ def test_frwa_needs_average_before_fr():
 
 def test_override_without_value():
     with pytest.raises(ValueError, match="needs a value"):
-        parse_overrides(["--lr"])
+        parse_overrides(["--lr"], TrainConfig)
 
 
 def test_base_inheritance(tmp_path: Path):
