@@ -1,14 +1,20 @@
-"""Fused ops versus their references, measured side by side in one run.
+"""Fused ops versus their references and the best pure-PyTorch forms, measured side by side in one run.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--quick] [--no-compile]
 
-Prints a Markdown table of speedups and the PGD step's bandwidth as a fraction of a plain copy,
-and writes benchmarks/results/ops_<device>.{json,md}.
+Rows: the FR loss forward+backward (fused; torch.fft reference; a matmul against the real-DFT basis
+[cos | -sin], eager and torch.compile'd), the PGD step (fused; clamp chain, eager and compiled), the
+random start, and the Python cost of one PGD step call on a 1-element tensor against an in-place add_.
+Prints a Markdown table of ratios (a ratio > 1 means the fused op is faster) and the PGD step's
+bandwidth as a fraction of a plain copy, and writes benchmarks/results/ops_<device>.{json,md}. A
+baseline that torch.compile cannot build is skipped with a note.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from typing import Callable, Iterator
 
 import torch
 
@@ -17,77 +23,153 @@ from fr_fast import reference
 
 from common import compare, machine, write_results
 
-
-def fr_cases(device: str, quick: bool):
-    for batch in (128, 512):
-        for classes in (10, 100, 200):
-            if quick and batch == 512:
-                continue
-            a = torch.randn(batch, classes, device=device, requires_grad=True)
-            b = torch.randn(batch, classes, device=device, requires_grad=True)
-
-            def fused(a=a, b=b):
-                fr_fast.fr_loss(a, b).backward()
-
-            def ref(a=a, b=b):
-                reference.fr_loss(a, b).backward()
-
-            yield f"FR loss fwd+bwd B={batch} C={classes}", {"fused": fused, "reference": ref}
+Candidates = dict[str, Callable[[], object]]
+FR_SIZES = ((128, 10), (128, 100), (128, 200), (512, 10), (512, 100), (512, 200))
+QUICK_FR_SIZES = ((128, 10), (128, 100))
+IMAGE_SHAPE = (128, 3, 32, 32)
+notes: list[str] = []
 
 
-def pgd_cases(device: str):
-    shape = (128, 3, 32, 32)
+def dft_basis(classes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (C, 2K) real-DFT basis [cos | -sin] over the K = C/2 + 1 distinct bins and the (2K,) bin weights."""
+    n = torch.arange(classes, dtype=torch.float64)
+    k = torch.arange(classes // 2 + 1, dtype=torch.float64)
+    angle = 2 * math.pi * torch.remainder(n[:, None] * k[None, :], classes) / classes
+    weight = torch.full_like(k, 2.0)
+    weight[0] = 1.0
+    if classes % 2 == 0:
+        weight[-1] = 1.0
+    basis = torch.cat([angle.cos(), -angle.sin()], dim=1)
+    return basis.float().to(device), torch.cat([weight, weight]).float().to(device)
+
+
+def matmul_fr_loss(a: torch.Tensor, b: torch.Tensor, basis: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The FR L1 distance as one GEMM against the real-DFT basis: the best pure-PyTorch form."""
+    return ((a - b) @ basis).abs().matmul(weight).mean()
+
+
+def compiled(name: str, fn: Callable, probe: Callable[[Callable], object], enabled: bool) -> Callable | None:
+    """torch.compile(fn), built and checked by one call of ``probe``; None (and a note) when it fails."""
+    if not enabled:
+        return None
+    try:
+        built = torch.compile(fn, dynamic=False)
+        probe(built)
+        return built
+    except Exception as error:  # any backend failure: the row is skipped, the run goes on
+        notes.append(f"{name}: torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:120]}); row skipped")
+        return None
+
+
+def fr_cases(device: str, sizes=FR_SIZES, baselines: bool = True, compile_rows: bool = True) -> Iterator[tuple[str, Candidates]]:
+    compiled_matmul = None
+    for batch, classes in sizes:
+        a = torch.randn(batch, classes, device=device, requires_grad=True)
+        b = torch.randn(batch, classes, device=device, requires_grad=True)
+        candidates = {"fused": lambda a=a, b=b: fr_fast.fr_loss(a, b).backward(),
+                      "reference": lambda a=a, b=b: reference.fr_loss(a, b).backward()}
+        if baselines:
+            basis, weight = dft_basis(classes, device)
+            expected = reference.fr_loss(a.detach(), b.detach())
+            torch.testing.assert_close(matmul_fr_loss(a.detach(), b.detach(), basis, weight), expected,
+                                       rtol=1e-4, atol=1e-4)
+            candidates["matmul"] = lambda a=a, b=b, m=basis, w=weight: matmul_fr_loss(a, b, m, w).backward()
+            compiled_matmul = compiled_matmul or compiled(
+                "FR matmul", matmul_fr_loss, lambda fn: fn(a, b, basis, weight).backward(), compile_rows)
+            if compiled_matmul is not None:
+                candidates["matmul_compiled"] = (
+                    lambda a=a, b=b, m=basis, w=weight, fn=compiled_matmul: fn(a, b, m, w).backward())
+        yield f"FR loss fwd+bwd B={batch} C={classes}", candidates
+
+
+def pgd_cases(device: str, baselines: bool = True, compile_rows: bool = True) -> Iterator[tuple[str, Candidates]]:
+    compiled_step = None
     for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        x_nat = torch.rand(shape, device=device).contiguous(memory_format=fmt)
-        grad = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+        x_nat = torch.rand(IMAGE_SHAPE, device=device).contiguous(memory_format=fmt)
+        grad = torch.randn_like(x_nat)
         x_adv = x_nat.clone()
-        yield f"PGD step 128x3x32x32 {fmt_name}", {
-            "fused": lambda: fr_fast.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255),
-            "reference": lambda: reference.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255),
-            "clone": lambda: x_nat.clone(),
-        }
-        yield f"random start 128x3x32x32 {fmt_name}", {
-            "fused": lambda: fr_fast.random_start_(x_adv, x_nat, 8 / 255),
-            "reference": lambda: reference.random_start_(x_adv, x_nat, 8 / 255),
-        }
+        shape = "x".join(map(str, IMAGE_SHAPE))
+        step = {"fused": lambda x_adv=x_adv, g=grad, x0=x_nat: fr_fast.pgd_step_(x_adv, g, x0, 2 / 255, 8 / 255),
+                "reference": lambda x_adv=x_adv, g=grad, x0=x_nat: reference.pgd_step_(x_adv, g, x0, 2 / 255, 8 / 255)}
+        if baselines:
+            compiled_step = compiled_step or compiled(
+                "clamp chain", reference.pgd_step_, lambda fn: fn(x_adv.clone(), grad, x_nat, 2 / 255, 8 / 255),
+                compile_rows)
+            if compiled_step is not None:
+                step["reference_compiled"] = (
+                    lambda x_adv=x_adv, g=grad, x0=x_nat, fn=compiled_step: fn(x_adv, g, x0, 2 / 255, 8 / 255))
+            step["clone"] = lambda x0=x_nat: x0.clone()
+        yield f"PGD step {shape} {fmt_name}", step
+        yield f"random start {shape} {fmt_name}", {
+            "fused": lambda x_adv=x_adv, x0=x_nat: fr_fast.random_start_(x_adv, x0, 8 / 255),
+            "reference": lambda x_adv=x_adv, x0=x_nat: reference.random_start_(x_adv, x0, 8 / 255)}
+
+
+def call_overhead_case(device: str) -> tuple[str, Candidates]:
+    """The Python + dispatch cost of one step call, next to the cheapest in-place op on the same tensor."""
+    x_adv, grad, x_nat = (torch.rand(1, device=device) for _ in range(3))
+    return "PGD step call, 1 element (vs add_)", {
+        "fused": lambda: fr_fast.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255),
+        "reference": lambda: reference.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255),
+        "add_": lambda: x_adv.add_(grad)}
+
+
+def measure(name: str, candidates: Candidates, rounds: int, min_run_time: float) -> dict:
+    times = compare(candidates, rounds=rounds, min_run_time=min_run_time)
+    fused = times["fused"]
+    row = {"case": name, "fused_us": fused * 1e6, "reference_us": times["reference"] * 1e6,
+           "speedup": times["reference"] / fused}
+    for other in candidates.keys() - {"fused", "reference"}:
+        row[f"{other}_us"] = times[other] * 1e6
+        row[f"speedup_vs_{other}"] = times[other] / fused
+    if "clone" in times:  # the step reads 3 tensors and writes 1, a clone reads 1 and writes 1
+        row["copy_bandwidth_fraction"] = 2 * times["clone"] / fused
+    return row
+
+
+def describe(row: dict) -> str:
+    """The row's baselines as 'name t µs (×ratio)', ratio = baseline time / fused time."""
+    names = [key[len("speedup_vs_"):] for key in row if key.startswith("speedup_vs_")]
+    return ", ".join(f"{name} {row[f'{name}_us']:.1f} µs (×{row[f'speedup_vs_{name}']:.2f})" for name in sorted(names))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="fewer cases and rounds (smoke run)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd baselines")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--tag", default="", help="suffix of the results files (ops_<device>_<tag>)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 2 if args.quick else 5
+    compile_rows = not args.no_compile
+    cases = [*fr_cases(args.device, QUICK_FR_SIZES if args.quick else FR_SIZES, compile_rows=compile_rows),
+             *pgd_cases(args.device, compile_rows=compile_rows), call_overhead_case(args.device)]
     rows = []
-    for name, candidates in [*fr_cases(args.device, args.quick), *pgd_cases(args.device)]:
-        times = compare(candidates, rounds=rounds, min_run_time=0.05 if args.quick else 0.2)
-        row = {"case": name, "fused_us": times["fused"] * 1e6, "reference_us": times["reference"] * 1e6,
-               "speedup": times["reference"] / times["fused"]}
-        if "clone" in times:
-            # the step reads 3 tensors and writes 1, a clone reads 1 and writes 1
-            row["clone_us"] = times["clone"] * 1e6
-            row["copy_bandwidth_fraction"] = 2 * times["clone"] / times["fused"]
+    for name, candidates in cases:
+        row = measure(name, candidates, rounds, 0.05 if args.quick else 0.2)
         rows.append(row)
-        print(f"{name:<44} fused {row['fused_us']:9.1f} us  reference {row['reference_us']:9.1f} us  "
-              f"x{row['speedup']:.2f}" + (f"  copy-bw {row['copy_bandwidth_fraction']:.0%}" if "clone_us" in row else ""),
-              flush=True)
+        print(f"{name:<40} fused {row['fused_us']:9.1f} us  reference {row['reference_us']:9.1f} us  "
+              f"x{row['speedup']:.2f}  {describe(row)}", flush=True)
     info = {**machine(args.device), "backend": fr_fast.backend(args.device), "load_average": os.getloadavg()}
     header = (f"Fused ops vs reference on {info.get('gpu', info['cpu'])} ({args.device}, {info['threads']} threads, "
               f"torch {info['torch']}, backend {info['backend']}, {info['date']}, load average "
-              f"{info['load_average'][0]:.2f}). Median of {rounds} interleaved rounds.\n\n")
-    table = ["| case | fused (µs) | reference (µs) | speedup | step bandwidth / copy bandwidth |",
-             "|---|---:|---:|---:|---:|"]
+              f"{info['load_average'][0]:.2f}). Median of {rounds} interleaved rounds; ×r = other time / fused time.\n\n")
+    table = ["| case | fused (µs) | reference (µs) | speedup | other baselines | step bandwidth / copy bandwidth |",
+             "|---|---:|---:|---:|---|---:|"]
     for row in rows:
         bandwidth = f"{row['copy_bandwidth_fraction']:.0%}" if "copy_bandwidth_fraction" in row else ""
-        table.append(f"| {row['case']} | {row['fused_us']:.1f} | {row['reference_us']:.1f} | {row['speedup']:.2f}× | {bandwidth} |")
-    markdown = header + "\n".join(table) + "\n"
+        table.append(f"| {row['case']} | {row['fused_us']:.1f} | {row['reference_us']:.1f} | {row['speedup']:.2f}× "
+                     f"| {describe(row)} | {bandwidth} |")
+    markdown = header + "\n".join(table) + "\n" + "".join(f"\nNote: {note}" for note in notes) + "\n"
     print("\n" + markdown)
     if not args.quick:
-        write_results(f"ops_{args.device}" + (f"_{args.tag}" if args.tag else ""), {"machine": info, "rows": rows}, markdown)
+        write_results(f"ops_{args.device}" + (f"_{args.tag}" if args.tag else ""),
+                      {"machine": info, "rows": rows, "notes": notes}, markdown)
 
 
 if __name__ == "__main__":

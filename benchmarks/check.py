@@ -24,31 +24,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fr_fast  # noqa: E402
-from fr_fast import reference  # noqa: E402
 
+from bench_ops import fr_cases, pgd_cases  # noqa: E402
 from common import compare  # noqa: E402
 
 Pair = dict[str, Callable[[], object]]
 
 
 def op_pairs(device: str) -> Iterator[tuple[str, Pair]]:
-    for classes in (10, 100):
-        a = torch.randn(128, classes, device=device, requires_grad=True)
-        b = torch.randn(128, classes, device=device, requires_grad=True)
-        yield f"FR loss fwd+bwd B=128 C={classes}", {
-            "fused": lambda a=a, b=b: fr_fast.fr_loss(a, b).backward(),
-            "reference": lambda a=a, b=b: reference.fr_loss(a, b).backward()}
-    for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        x_nat = torch.rand(128, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-        grad = torch.randn_like(x_nat)
-        x_adv = x_nat.clone()
-        yield f"PGD step 128x3x32x32 {fmt_name}", {
-            "fused": lambda x_adv=x_adv, grad=grad, x_nat=x_nat: fr_fast.pgd_step_(x_adv, grad, x_nat, 2 / 255, 8 / 255),
-            "reference": lambda x_adv=x_adv, grad=grad, x_nat=x_nat: reference.pgd_step_(
-                x_adv, grad, x_nat, 2 / 255, 8 / 255)}
-        yield f"random start 128x3x32x32 {fmt_name}", {
-            "fused": lambda x_adv=x_adv, x_nat=x_nat: fr_fast.random_start_(x_adv, x_nat, 8 / 255),
-            "reference": lambda x_adv=x_adv, x_nat=x_nat: reference.random_start_(x_adv, x_nat, 8 / 255)}
+    """bench_ops.py's cases, fused against reference only: FR B=128 at C=10 and 100, PGD step, random start."""
+    yield from fr_cases(device, sizes=((128, 10), (128, 100)), baselines=False)
+    yield from pgd_cases(device, baselines=False)
 
 
 def train_pair(device: str, batch: int) -> tuple[str, Pair]:

@@ -162,17 +162,22 @@ void project_transposed(const at::Tensor& teacher, const at::Tensor& adv, const 
   }
 }
 
-// Writes the row values (rows != nullptr) and returns their sum.
-template <typename scalar_t>
-double fr_l1_rows_small(const at::Tensor& teacher, const at::Tensor& adv, const Basis& basis,
-                        acc_of<scalar_t>* rows) {
+// One pass of the small path over a (B, C) problem, batch-minor in per-thread scratch:
+//   rows   (optional, B)   per-row FR distances; the return value is their sum;
+//   g_rows (optional, B)   upstream gradient per row: then the gradient of the weighted L1 with respect to
+//                          (a - b) is mapped back and handed to `store(row, n, value)`.
+template <typename scalar_t, typename Store>
+double small_pass(const at::Tensor& teacher, const at::Tensor& adv, const Basis& basis, acc_of<scalar_t>* rows,
+                  const acc_of<scalar_t>* g_rows, Store store) {
   using acc_t = acc_of<scalar_t>;
   const int64_t B = teacher.size(0), C = teacher.size(1), J = basis.matrix.size(1);
+  const acc_t* m = basis.matrix.const_data_ptr<acc_t>();
   const acc_t* w = basis.weight.const_data_ptr<acc_t>();
-  acc_t* dt = scratch<acc_t>((C + J + 1) * B);
+  acc_t* dt = scratch<acc_t>((2 * C + J + 1) * B);
   acc_t* pt = dt + C * B;
-  acc_t* totals = pt + J * B;
-  project_transposed<scalar_t, acc_t>(teacher, adv, basis.matrix.const_data_ptr<acc_t>(), J, dt, pt);
+  acc_t* gdt = pt + J * B;
+  acc_t* totals = gdt + C * B;
+  project_transposed<scalar_t, acc_t>(teacher, adv, m, J, dt, pt);
   std::fill(totals, totals + B, acc_t(0));
   for (int64_t j = 0; j < J; ++j) {
     const acc_t wj = w[j];
@@ -185,28 +190,12 @@ double fr_l1_rows_small(const at::Tensor& teacher, const at::Tensor& adv, const 
     if (rows != nullptr) rows[row] = totals[row];
     sum += totals[row];
   }
-  return sum;
-}
-
-template <typename scalar_t>
-void fr_l1_grad_small(const at::Tensor& teacher, const at::Tensor& adv, const Basis& basis, const acc_of<scalar_t>* g,
-                      int64_t g_stride, acc_of<scalar_t> g_scale, scalar_t* ga, scalar_t* gb) {
-  using acc_t = acc_of<scalar_t>;
-  const int64_t B = teacher.size(0), C = teacher.size(1), J = basis.matrix.size(1);
-  const acc_t* m = basis.matrix.const_data_ptr<acc_t>();
-  const acc_t* w = basis.weight.const_data_ptr<acc_t>();
-  acc_t* dt = scratch<acc_t>((2 * C + J + 1) * B);
-  acc_t* pt = dt + C * B;
-  acc_t* gdt = pt + J * B;
-  acc_t* g_rows = gdt + C * B;
-  project_transposed<scalar_t, acc_t>(teacher, adv, m, J, dt, pt);
-  for (int64_t row = 0; row < B; ++row) g_rows[row] = g[row * g_stride] * g_scale;
+  if (g_rows == nullptr) return sum;
   for (int64_t j = 0; j < J; ++j) {  // pt <- w_j * sign(pt) * g_row
     acc_t* p = pt + j * B;
     const acc_t wj = w[j];
 #pragma omp simd
-    for (int64_t row = 0; row < B; ++row)
-      p[row] = wj * g_rows[row] * (static_cast<acc_t>(p[row] > 0) - static_cast<acc_t>(p[row] < 0));
+    for (int64_t row = 0; row < B; ++row) p[row] = wj * g_rows[row] * sign_of(p[row]);
   }
   std::fill(gdt, gdt + C * B, acc_t(0));
   for (int64_t n = 0; n < C; ++n) {
@@ -220,11 +209,17 @@ void fr_l1_grad_small(const at::Tensor& teacher, const at::Tensor& adv, const Ba
     }
   }
   for (int64_t row = 0; row < B; ++row)
-    for (int64_t n = 0; n < C; ++n) {
-      const acc_t v = gdt[n * B + row];
-      ga[row * C + n] = static_cast<scalar_t>(v);
-      gb[row * C + n] = static_cast<scalar_t>(-v);
-    }
+    for (int64_t n = 0; n < C; ++n) store(row, n, gdt[n * B + row]);
+  return sum;
+}
+
+// The upstream gradient of every row for the small path (per-thread scratch of B values).
+template <typename acc_t>
+const acc_t* upstream_rows(int64_t B, const acc_t* g, int64_t g_stride, acc_t g_scale) {
+  static thread_local std::vector<acc_t> values;
+  values.resize(B);
+  for (int64_t row = 0; row < B; ++row) values[row] = g[row * g_stride] * g_scale;
+  return values.data();
 }
 
 // Forward: the half spectrum of (a - b), then the weighted L1 of each row (and the reduction).
@@ -237,7 +232,8 @@ at::Tensor fr_l1_cpu(const at::Tensor& teacher, const at::Tensor& adv, int64_t r
     at::Tensor out = at::empty({}, options);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_cpu_small", [&] {
       using acc_t = acc_of<scalar_t>;
-      const double sum = fr_l1_rows_small<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)), nullptr);
+      const double sum = small_pass<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)), nullptr,
+                                              nullptr, [](int64_t, int64_t, acc_t) {});
       *out.mutable_data_ptr<acc_t>() = static_cast<acc_t>(reduction == kMean ? sum / static_cast<double>(B) : sum);
     });
     return out;
@@ -246,7 +242,8 @@ at::Tensor fr_l1_cpu(const at::Tensor& teacher, const at::Tensor& adv, int64_t r
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     if (is_small(B, C)) {
-      fr_l1_rows_small<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)), rows.mutable_data_ptr<acc_t>());
+      small_pass<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)), rows.mutable_data_ptr<acc_t>(),
+                           nullptr, [](int64_t, int64_t, acc_t) {});
       return;
     }
     const at::Tensor spectrum = at::view_as_real(at::fft_rfft(difference<scalar_t>(teacher, adv), C, 1));
@@ -271,8 +268,13 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cpu(const at::Tensor& grad, co
     const int64_t g_stride = upstream.stride;
     const acc_t g_scale = static_cast<acc_t>(upstream.scale);
     if (is_small(B, C)) {
-      fr_l1_grad_small<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)), g, g_stride, g_scale,
-                                 grad_teacher.mutable_data_ptr<scalar_t>(), grad_adv.mutable_data_ptr<scalar_t>());
+      scalar_t* ga = grad_teacher.mutable_data_ptr<scalar_t>();
+      scalar_t* gb = grad_adv.mutable_data_ptr<scalar_t>();
+      small_pass<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)), nullptr,
+                           upstream_rows<acc_t>(B, g, g_stride, g_scale), [&](int64_t row, int64_t n, acc_t v) {
+                             ga[row * C + n] = static_cast<scalar_t>(v);
+                             gb[row * C + n] = static_cast<scalar_t>(-v);
+                           });
       return;
     }
     // The adjoint of the weighted half-spectrum transform is C * irfft: irfft counts bins 1..C/2-1
@@ -287,11 +289,51 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cpu(const at::Tensor& grad, co
   return {grad_teacher, grad_adv};
 }
 
+// Forward plus, for an upstream gradient of 1, the gradient with respect to teacher (adv's is its
+// negative), in the accumulation dtype. Autograd keeps it when gradients are needed, so the backward
+// only scales it: one transform instead of two, and no recompute.
+std::tuple<at::Tensor, at::Tensor> fr_l1_with_grad_cpu(const at::Tensor& teacher, const at::Tensor& adv,
+                                                       int64_t reduction) {
+  check_logits("fr_l1", teacher, adv);
+  const int64_t B = teacher.size(0), C = teacher.size(1);
+  const auto options = teacher.options().dtype(accumulation_dtype(teacher));
+  at::Tensor pattern = at::empty({B, C}, options);
+  if (B == 0 || C == 0) return {reduce_rows(at::zeros({B}, options), reduction), pattern};
+  at::Tensor rows = at::empty({B}, options);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_with_grad_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const acc_t scale = static_cast<acc_t>(reduction == kMean ? 1.0 / static_cast<double>(B) : 1.0);
+    acc_t* p = pattern.mutable_data_ptr<acc_t>();
+    if (is_small(B, C)) {
+      const double sum = small_pass<scalar_t>(teacher, adv, basis_for(C, accumulation_dtype(teacher)),
+                                              rows.mutable_data_ptr<acc_t>(), upstream_rows<acc_t>(B, &scale, 0, 1),
+                                              [&](int64_t row, int64_t n, acc_t v) { p[row * C + n] = v; });
+      if (reduction != kNone) {
+        out = at::empty({}, options);
+        *out.mutable_data_ptr<acc_t>() = static_cast<acc_t>(reduction == kMean ? sum / static_cast<double>(B) : sum);
+      }
+      return;
+    }
+    const at::Tensor spectrum = at::fft_rfft(difference<scalar_t>(teacher, adv), C, 1);
+    at::Tensor parts = at::view_as_real(spectrum);
+    weighted_abs_rows<acc_t>(parts, C, rows.mutable_data_ptr<acc_t>());
+    signs_times_grad<acc_t>(parts, &scale, 0, acc_t(1));
+    const at::Tensor gd = at::fft_irfft(spectrum, C, 1);  // adjoint: C * irfft (see fr_l1_backward_cpu)
+    const acc_t* src = gd.const_data_ptr<acc_t>();
+    at::parallel_for(0, B * C, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) p[i] = static_cast<acc_t>(C) * src[i];
+    });
+  });
+  return {out.defined() ? out : reduce_rows(rows, reduction), pattern};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fr_fast, CPU, m) {
   m.impl("fr_l1", &fr_l1_cpu);
   m.impl("fr_l1_backward", &fr_l1_backward_cpu);
+  m.impl("fr_l1_with_grad", &fr_l1_with_grad_cpu);
 }
 
 }  // namespace fr_fast

@@ -1,12 +1,75 @@
-// Op schemas of fr_fast and the Python module entry point. The kernels register their
-// implementations per device in fr_loss*.{cpp,cu} and pgd_step*.{cpp,cu}.
+// Op schemas of fr_fast and the Python module. The kernels register their implementations per device
+// in fr_loss*.{cpp,cu} and pgd_step*.{cpp,cu}. The module has one function, a direct entry point to
+// fr_fast::pgd_step_ for fr_fast.ops: the generic torch.ops argument parsing costs several times an
+// in-place add on small tensors, ten times per attack.
 #include <Python.h>
+#include <ATen/ATen.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
 
+#include <optional>
+
+namespace {
+
+// A Python number, or None as no value; false with a Python error set otherwise.
+bool optional_double(PyObject* object, std::optional<double>& value) {
+  if (object == Py_None) {
+    value = std::nullopt;
+    return true;
+  }
+  const double number = PyFloat_AsDouble(object);
+  if (number == -1.0 && PyErr_Occurred()) return false;
+  value = number;
+  return true;
+}
+
+// pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max) -> x_adv for plain tensors with a
+// kernel (checks in the kernels); NotImplemented when fr_fast.ops must take the general path (tensor
+// subclasses, torch function modes, other devices or argument types).
+PyObject* pgd_step_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 7 || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
+  for (int i = 0; i < 3; ++i)
+    if (!THPVariable_CheckExact(args[i])) Py_RETURN_NOTIMPLEMENTED;
+  if (!PyFloat_Check(args[3]) && !PyLong_Check(args[3])) Py_RETURN_NOTIMPLEMENTED;
+  if (!PyFloat_Check(args[4]) && !PyLong_Check(args[4])) Py_RETURN_NOTIMPLEMENTED;
+  static const c10::OperatorHandle handle = c10::Dispatcher::singleton().findSchemaOrThrow("fr_fast::pgd_step_", "");
+  static const bool cuda_kernel = handle.hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+  static const auto op =
+      handle.typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, std::optional<double>,
+                        std::optional<double>, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
+  const at::Tensor& x_adv = THPVariable_Unpack(args[0]);
+  const c10::DeviceType device = x_adv.device().type();
+  if (device != c10::DeviceType::CPU && !(device == c10::DeviceType::CUDA && cuda_kernel)) Py_RETURN_NOTIMPLEMENTED;
+  std::optional<double> clip_min, clip_max;
+  if (!optional_double(args[5], clip_min) || !optional_double(args[6], clip_max)) return nullptr;
+  const double alpha = PyFloat_AsDouble(args[3]), eps = PyFloat_AsDouble(args[4]);
+  if (PyErr_Occurred()) return nullptr;
+  at::Tensor target = x_adv;
+  {
+    pybind11::gil_scoped_release no_gil;
+    op.call(target, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]), alpha, eps, clip_min, clip_max,
+            std::nullopt, std::nullopt);
+  }
+  Py_INCREF(args[0]);
+  return args[0];
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"pgd_step_", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pgd_step_entry)), METH_FASTCALL,
+     "pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max): fr_fast::pgd_step_ for plain tensors, "
+     "else NotImplemented. Use fr_fast.pgd_step_."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" {
-// `import fr_fast._C` only needs to load this library so that the static registrations below run.
+// `import fr_fast._C` loads this library, which runs the static registrations below.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -17,6 +80,9 @@ TORCH_LIBRARY(fr_fast, m) {
   m.def("fr_l1(Tensor teacher, Tensor adv, int reduction) -> Tensor");
   // Gradients of fr_l1 with respect to both inputs, in the inputs' dtypes.
   m.def("fr_l1_backward(Tensor grad, Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
+  // fr_l1 and, for an upstream gradient of 1, its gradient with respect to teacher ((B, C), in the loss's
+  // dtype; adv's is the negative). The autograd of fr_l1 keeps it on CPU (no CUDA kernel).
+  m.def("fr_l1_with_grad(Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
   // x_adv <- clamp(min(max(x_adv + alpha * sign(grad), x_nat - eps), x_nat + eps), clip_min, clip_max), in
   // place; a None bound does not clip. alpha_rows / eps_rows: optional (B,) per-sample values that
   // replace alpha / eps.

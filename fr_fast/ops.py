@@ -7,6 +7,7 @@ kernel when the extension provides one for the tensors' device, and otherwise fa
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import torch
@@ -34,6 +35,8 @@ def _devices_with_kernels() -> frozenset[str]:
 
 # Looked up once: backend() then stays plain Python that torch.compile traces without a graph break.
 _KERNEL_DEVICES = _devices_with_kernels()
+# fr_fast._C.pgd_step_: the step without torch.ops' generic argument parsing (None: not built).
+_step_entry = getattr(sys.modules.get("fr_fast._C"), "pgd_step_", None) if EXTENSION_ERROR is None else None
 
 
 def backend(device: str | torch.device = "cpu") -> str:
@@ -219,13 +222,18 @@ def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: Radius, eps: Ra
     does not clip: pass ``None, None`` for normalised or 0–255 images. NaN in x_adv or x_nat gives NaN, as
     in the clamp chain; sign(NaN) = 0. The fused kernels compute in float32 and round once. Returns ``x_adv``.
     """
-    if isinstance(x_adv, Tensor) and x_adv.device.type in _KERNEL_DEVICES:  # the hot path: C++ checks
-        if isinstance(alpha, Tensor) or isinstance(eps, Tensor):
-            per_alpha, per_eps = isinstance(alpha, Tensor), isinstance(eps, Tensor)
-            torch.ops.fr_fast.pgd_step_(x_adv, grad, x_nat, 0.0 if per_alpha else alpha, 0.0 if per_eps else eps,
-                                        clip_min, clip_max, alpha if per_alpha else None, eps if per_eps else None)
-        else:
-            torch.ops.fr_fast.pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max)
+    if _step_entry is not None and not torch.compiler.is_compiling():  # the hot path: C++ checks everything
+        done = _step_entry(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max)
+        if done is not NotImplemented:
+            return done
+    if isinstance(x_adv, Tensor) and x_adv.device.type in _KERNEL_DEVICES:  # torch.compile, per-sample values
+        per_alpha, per_eps = isinstance(alpha, Tensor), isinstance(eps, Tensor)
+        if not per_alpha:
+            _checked_radius("pgd_step_", "alpha", alpha, x_adv, non_negative=False)
+        if not per_eps:
+            _checked_radius("pgd_step_", "eps", eps, x_adv, non_negative=True)
+        torch.ops.fr_fast.pgd_step_(x_adv, grad, x_nat, 0.0 if per_alpha else alpha, 0.0 if per_eps else eps,
+                                    clip_min, clip_max, alpha if per_alpha else None, eps if per_eps else None)
         return x_adv
     _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
     _check_no_overlap("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
@@ -276,6 +284,12 @@ def _register_library_functions() -> None:
         dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
         shape = (teacher.shape[0],) if reduction == 0 else ()
         return teacher.new_empty(shape, dtype=dtype)
+
+    @torch.library.register_fake("fr_fast::fr_l1_with_grad")
+    def _(teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+        shape = (teacher.shape[0],) if reduction == 0 else ()
+        return teacher.new_empty(shape, dtype=dtype), teacher.new_empty(teacher.shape, dtype=dtype)
 
     @torch.library.register_fake("fr_fast::fr_l1_backward")
     def _(grad: Tensor, teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:

@@ -217,6 +217,8 @@ def test_opcheck_every_op():
     for code in (0, 1, 2):
         torch.library.opcheck(torch.ops.fr_fast.fr_l1.default, (a, b, code))
     torch.library.opcheck(torch.ops.fr_fast.fr_l1_backward.default, (torch.rand(()), a.detach(), b.detach(), 1))
+    for code in (0, 1, 2):
+        torch.library.opcheck(torch.ops.fr_fast.fr_l1_with_grad.default, (a.detach(), b.detach(), code))
     x_adv, grad, x_nat = _images((2, 3, 4, 4))
     torch.library.opcheck(torch.ops.fr_fast.pgd_step_.default, (x_adv, grad, x_nat, 0.01, 0.03))
     torch.library.opcheck(torch.ops.fr_fast.pgd_step_.default,
@@ -406,10 +408,38 @@ def test_random_start_per_sample_eps(device):
     assert ((actual - x_nat).abs().amax(dim=(1, 2, 3)) <= eps + 1e-6).all()
 
 
+@requires_extension
+def test_fr_l1_with_grad_is_the_gradient_for_an_upstream_of_one():
+    for shape in ((128, 10), (64, 300)):  # the small direct path and the FFT path
+        a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(shape, dtype=torch.float64)
+        for reduction, code in REDUCTION_CODES.items():
+            loss, pattern = torch.ops.fr_fast.fr_l1_with_grad(a.detach(), b, code)
+            expected = reference.fr_loss(a, b, "l1", reduction)
+            _close(loss, expected, 1e-12)
+            (expected_grad,) = torch.autograd.grad(expected, a, torch.ones_like(expected))
+            _close(pattern, expected_grad, 1e-10)
+
+
+def test_pgd_step_general_path_for_other_argument_types():
+    x_adv, grad, x_nat = _images((2, 3, 4, 4))
+    expected = reference.pgd_step_(x_adv.clone(), grad, x_nat, 0.01, 0.03)
+    as_parameter = torch.nn.Parameter(x_adv.clone(), requires_grad=False)  # a Tensor subclass
+    fr_fast.pgd_step_(as_parameter, grad, x_nat, 0.01, 0.03)
+    assert torch.equal(as_parameter.data, expected)
+    fr_fast.pgd_step_(x_adv, grad, x_nat, torch.tensor(0.01).item(), 3 / 100)
+    assert torch.equal(x_adv, expected)
+    with pytest.raises(TypeError, match="x_adv must be a torch.Tensor"):
+        fr_fast.pgd_step_([0.5], grad, x_nat, 0.01, 0.03)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        fr_fast.pgd_step_(x_adv, grad, x_nat, "0.01", 0.03)
+
+
 def _kernel_and_reference_paths(monkeypatch, device):
     """Yields once with the fused kernels dispatching, once with the Python reference path."""
     yield "fused"
     monkeypatch.setattr(ops, "_KERNEL_DEVICES", frozenset())
+    monkeypatch.setattr(ops, "_step_entry", None)
     monkeypatch.setattr(ops, "_warned", True)
     yield "reference"
 
@@ -467,6 +497,7 @@ def test_pgd_step_unaligned_and_odd_sizes(device, dtype):
 def test_reference_fallback_warns_once_and_matches(monkeypatch):
     monkeypatch.setattr(ops, "EXTENSION_ERROR", "simulated: not built")
     monkeypatch.setattr(ops, "_KERNEL_DEVICES", frozenset())
+    monkeypatch.setattr(ops, "_step_entry", None)
     monkeypatch.setattr(ops, "_warned", False)
     assert fr_fast.backend("cpu") == "reference"
     x_adv, grad, x_nat = _images()
