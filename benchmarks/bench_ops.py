@@ -48,12 +48,13 @@ def matmul_fr_loss(a: torch.Tensor, b: torch.Tensor, basis: torch.Tensor, weight
     return ((a - b) @ basis).abs().matmul(weight).mean()
 
 
-def compiled(name: str, fn: Callable, probe: Callable[[Callable], object], enabled: bool) -> Callable | None:
+def compiled(name: str, fn: Callable, probe: Callable[[Callable], object], enabled: bool,
+             dynamic: bool | None = None) -> Callable | None:
     """torch.compile(fn), built and checked by one call of ``probe``; None (and a note) when it fails."""
     if not enabled:
         return None
     try:
-        built = torch.compile(fn, dynamic=False)
+        built = torch.compile(fn, dynamic=dynamic)
         probe(built)
         return built
     except Exception as error:  # any backend failure: the row is skipped, the run goes on
@@ -75,7 +76,8 @@ def fr_cases(device: str, sizes=FR_SIZES, baselines: bool = True, compile_rows: 
                                        rtol=1e-4, atol=1e-4)
             candidates["matmul"] = lambda a=a, b=b, m=basis, w=weight: matmul_fr_loss(a, b, m, w).backward()
             compiled_matmul = compiled_matmul or compiled(
-                "FR matmul", matmul_fr_loss, lambda fn: fn(a, b, basis, weight).backward(), compile_rows)
+                "FR matmul", matmul_fr_loss, lambda fn: fn(a, b, basis, weight).backward(), compile_rows,
+                dynamic=True)  # one compile for every (B, C): compile time stays small on a GPU run
             if compiled_matmul is not None:
                 candidates["matmul_compiled"] = (
                     lambda a=a, b=b, m=basis, w=weight, fn=compiled_matmul: fn(a, b, m, w).backward())
