@@ -39,9 +39,7 @@ def compare(candidates: dict[str, Callable[[], object]], rounds: int = 5, min_ru
             fn()
     for _ in range(rounds):
         for name, fn in candidates.items():
-            # Timer runs 1 thread unless told: measure with the threads the caller set (and reports).
-            timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-            measurement = timer.blocked_autorange(min_run_time=min_run_time)
+            measurement = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
             samples[name].append(measurement.median)
     return {name: statistics.median(values) for name, values in samples.items()}
 
