@@ -148,8 +148,9 @@ def _check_eval_inputs(model: nn.Module, x: Tensor, y: Tensor) -> int:
 
 
 def _project_(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Clip ``x_adv`` into the eps-ball around ``x`` and into [0, 1], in place: a PGD step with alpha = 0."""
-    return pgd_step_(x_adv, x, x, 0.0, eps)
+    """Clip ``x_adv`` into the eps-ball around ``x`` and into [0, 1], in place (x_adv may alias x: the
+    ensemble returns its input for examples it leaves alone, so this stays out of place until the copy)."""
+    return x_adv.copy_(torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0))
 
 
 # ----------------------------------------------------------------------------------------- attacks
