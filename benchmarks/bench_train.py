@@ -69,14 +69,14 @@ def make_model(name: str, device: str, channels_last: bool, seed: int = 0) -> nn
 
 def make_fast_step(method: str, model: nn.Module, *, eps: float = ref.EPS, alpha: float = ref.ALPHA,
                    steps: int = ref.STEPS, lam: float = ref.LAM, lr: float = 0.01, amp: str = "bf16",
-                   channels_last: bool = True, compile_model: bool = False) -> Step:
+                   channels_last: bool = True, compile_model: bool = False, compile_mode: str = "default") -> Step:
     """fr_fast's training step: the trainer's own :func:`fr_fast.train.make_step` for ``method`` + FR.
 
     The config is the trainer's (SGD momentum 0.9, wd 5e-4, GradScaler, FR from the first epoch); the
     model must already be in the matching memory format. Returns ``step(x, y) -> loss``.
     """
     cfg = TrainConfig(method=method, fr="fr", fr_start_epoch=0, lam=lam, eps=eps, alpha=alpha, attack_steps=steps,
-                      lr=lr, amp=amp, channels_last=channels_last, compile=compile_model)
+                      lr=lr, amp=amp, channels_last=channels_last, compile=compile_model, compile_mode=compile_mode)
     state = TrainState(cfg, model, resolve_amp(amp, next(model.parameters()).device))
     step = make_step(cfg, state, epoch=0)
     return lambda x, y: step(x, y).loss
@@ -109,6 +109,10 @@ def candidates(method: str, model_name: str, device: str, ablation: bool, with_c
         model = make_model(model_name, device, True)
         rows["fr_fast + torch.compile"] = (
             make_fast_step(method, model, compile_model=True), torch.bfloat16)
+        if device == "cuda":  # CUDA graphs: the launch-bound regime of small models and batches
+            model = make_model(model_name, device, True)
+            rows["fr_fast + torch.compile(reduce-overhead)"] = (
+                make_fast_step(method, model, compile_model=True, compile_mode="reduce-overhead"), torch.bfloat16)
     return rows
 
 

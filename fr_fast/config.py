@@ -28,6 +28,7 @@ METHODS = ("natural", "at", "trades", "mart", "awp")
 FR_MODES = ("none", "fr", "frwa")
 AWP_BASES = ("at", "trades")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 WA_ROLES = ("teacher", "evaluated", "both")
 ATTACK_MODES = ("auto", "train", "eval")
 # BN mode of each objective's training attack in its reference code: PGD-AT (Madry; Rice et al.) attacks the
@@ -134,6 +135,8 @@ class TrainConfig:
                     "bf16 | fp16 | off")
     channels_last: Union[bool, str] = knob("auto", "channels-last memory format; auto = on for CUDA, off on CPU")
     compile: bool = knob(False, "torch.compile the model")
+    compile_mode: str = knob("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: for small "
+                             "models and batches, where kernel launches dominate) | max-autotune")
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")
     cpu_threads: Union[int, None] = knob(None, "torch CPU threads for this run; null = leave as is")
     # run
@@ -164,6 +167,7 @@ class TrainConfig:
         check_choice("wa_role", self.wa_role, WA_ROLES)
         check_choice("attack_mode", self.attack_mode, ATTACK_MODES)
         check_choice("amp", self.amp, AMP_MODES)
+        check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
         if isinstance(self.channels_last, str):
             check_choice("channels_last", self.channels_last, ("auto",))

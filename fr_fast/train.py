@@ -77,14 +77,15 @@ def wrap_models(cfg: TrainConfig, model: nn.Module, world: int = 1) -> tuple[nn.
     """(attack_model, train_model) of the step: compiled when ``cfg.compile``; the loss model DDP-wrapped when
     ``world`` > 1. The attack runs on the bare module (no DDP hooks: it never back-propagates into parameters).
     """
-    attack_model: nn.Module = torch.compile(model) if cfg.compile else model
+    mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+    attack_model: nn.Module = torch.compile(model, mode=mode) if cfg.compile else model
     train_model: nn.Module = model
     if world > 1:
         device = next(model.parameters()).device
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=mode)
     return attack_model, train_model
 
 

@@ -233,3 +233,18 @@ def test_fr_that_never_switches_on_stops_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "fr_start_epoch" in err and "milestone" in err and "Traceback" not in err
     assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.parametrize("mode, expected", [("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    cfg = load_config("mnist_cnn_at", ["--compile", f"--compile_mode={mode}"])
+    model = torch.nn.Linear(2, 2)
+    attack_model, train_model = train_mod.wrap_models(cfg, model)
+    assert seen == [expected, expected] and attack_model is model and train_model is model
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(ValueError, match="compile_mode"):
+        load_config("mnist_cnn_at", ["--compile_mode=fast"])
