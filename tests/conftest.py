@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,15 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Python's own Ctrl-C handler for every test: a runner started in the background (``cmd &`` in a
+    non-interactive shell) inherits SIGINT ignored, which the signal tests would otherwise see."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")
