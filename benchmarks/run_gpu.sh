@@ -167,7 +167,7 @@ fi
 # ---- benchmarks, timed alone ------------------------------------------------------------------------
 if [ $DRY = 1 ]; then
     stage bench_ops 60 "$PY" benchmarks/bench_ops.py --device cpu --quick --tag dryrun
-    stage bench_train 60 "$PY" benchmarks/bench_train.py --device cpu --quick --models small_cnn
+    stage bench_train 90 "$PY" benchmarks/bench_train.py --device cpu --quick --models small_cnn --trades-models ""
     stage bench_attacks 40 "$PY" benchmarks/bench_attacks.py --device cpu --models small_cnn --steps 2 --reps 1 --batch-size 16
     stage bench_heatmap 40 "$PY" benchmarks/bench_heatmap.py --device cpu --images 2 --repeats 1 --out "$WORK/results/heatmap_dryrun.json"
 else
