@@ -3,9 +3,9 @@
     python benchmarks/bench_attacks.py [--device cpu|cuda] [--batch-size B] [--reps 2] [--threads N]
                                        [--models small_cnn,resnet18] [--channels-last]
 
-* fused: ``fr_fast.attacks.perturb`` -- parameters frozen during the attack, ``fr_fast.pgd_step_``.
+* fused: ``fr_fast.robustness.attacks.perturb`` -- parameters frozen during the attack, ``fr_fast.pgd_step_``.
 * reference: the same loop written the plain way -- parameters left requiring grad,
-  ``fr_fast.reference.pgd_step_`` (a clamp chain), a new x_adv tensor every step.
+  ``fr_fast.ops.reference.pgd_step_`` (a clamp chain), a new x_adv tensor every step.
 
 Both run PGD-20 (eps 8/255, alpha 2/255, random start) on 32x32x3 inputs with the model in eval
 mode, alternating fused/reference (order flipped every repetition) so both see the same machine load; the table
@@ -21,13 +21,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import machine, write_results
 
 import fr_fast
-from fr_fast import reference
-from fr_fast.attacks import ce_loss, perturb
 from fr_fast.models import build_model
-
-from common import machine, write_results
+from fr_fast.ops import reference
+from fr_fast.robustness.attacks import ce_loss, perturb
 
 EPS, ALPHA = 8 / 255, 2 / 255
 # CPU defaults keep the whole script under ~3 minutes on a 2-core machine (ResNet18 PGD-20 runs at

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from fr_fast import spectral as sp
 from fr_fast.models import build_model
+from fr_fast.spectral import analyses as sp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE, CHANNELS, CLASSES, NORM = 28, 1, 10, 4.0

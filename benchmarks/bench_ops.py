@@ -17,11 +17,10 @@ import os
 from typing import Callable, Iterator
 
 import torch
+from common import compare, machine, write_results
 
 import fr_fast
-from fr_fast import reference
-
-from common import compare, machine, write_results
+from fr_fast.ops import reference
 
 Candidates = dict[str, Callable[[], object]]
 FR_SIZES = ((128, 10), (128, 100), (128, 200), (512, 10), (512, 100), (512, 200))

@@ -6,7 +6,7 @@ Rows per model (synthetic 32x32x3 images, 10 classes, PGD-10 eps 8/255 alpha 2/2
 the reference loop (``reference_loop.py``: float32, NCHW, torch.fft FR, clamp-chain PGD, parameter
 gradients during the attack), then the ablation -- the features of fr_fast switched on *cumulatively*
 inside that same loop, from the reference upward (fused ops, no parameter gradients in the attack,
-channels_last, autocast bf16) -- then the library's real step (``fr_fast.train.make_step``, the step
+channels_last, autocast bf16) -- then the library's real step (``fr_fast.training.train.make_step``, the step
 ``train()`` runs: attack, loss, GradScaler, SGD update; channels_last + autocast bf16), then the same
 with ``torch.compile``. All candidates of one model are timed in alternating rounds in one process
 (warm-up first) and the median is reported.
@@ -40,17 +40,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fr_fast  # noqa: E402
-from fr_fast.attacks import ce_loss, perturb, pgd  # noqa: E402
-from fr_fast.config import TrainConfig  # noqa: E402
-from fr_fast.data import DATASETS, load_dataset, to_float  # noqa: E402
-from fr_fast.models import build_model  # noqa: E402
-from fr_fast.runtime import resolve_amp  # noqa: E402
-from fr_fast.state import TrainState  # noqa: E402
-from fr_fast.train import make_step  # noqa: E402
-
 import reference_loop as ref  # noqa: E402
 from common import compare, machine, write_results  # noqa: E402
+
+import fr_fast  # noqa: E402
+from fr_fast.config.train_config import TrainConfig  # noqa: E402
+from fr_fast.data import DATASETS, load_dataset, to_float  # noqa: E402
+from fr_fast.models import build_model  # noqa: E402
+from fr_fast.robustness.attacks import ce_loss, perturb, pgd  # noqa: E402
+from fr_fast.training.runtime import resolve_amp  # noqa: E402
+from fr_fast.training.state import TrainState  # noqa: E402
+from fr_fast.training.train import make_step  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
@@ -70,7 +70,7 @@ def make_model(name: str, device: str, channels_last: bool, seed: int = 0) -> nn
 def make_fast_step(method: str, model: nn.Module, *, eps: float = ref.EPS, alpha: float = ref.ALPHA,
                    steps: int = ref.STEPS, lam: float = ref.LAM, lr: float = 0.01, amp: str = "bf16",
                    channels_last: bool = True, compile_model: bool = False, compile_mode: str = "default") -> Step:
-    """fr_fast's training step: the trainer's own :func:`fr_fast.train.make_step` for ``method`` + FR.
+    """fr_fast's training step: the trainer's own :func:`fr_fast.training.train.make_step` for ``method`` + FR.
 
     The config is the trainer's (SGD momentum 0.9, wd 5e-4, GradScaler, FR from the first epoch); the
     model must already be in the matching memory format. Returns ``step(x, y) -> loss``.

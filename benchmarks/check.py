@@ -4,7 +4,7 @@
     python benchmarks/check.py --from-json benchmarks/results/ops_cpu.json benchmarks/results/train_cpu.json
 
 Default: a short interleaved measurement (``common.compare``) in this process of
-  * the fused ops against ``fr_fast.reference``: FR loss forward+backward (B=128, C=10 and C=100),
+  * the fused ops against ``fr_fast.ops.reference``: FR loss forward+backward (B=128, C=10 and C=100),
     PGD step and random start on 128x3x32x32 (NCHW and channels_last);
   * one AT+FR training step of the small CNN (batch 32, PGD-10): fr_fast against the reference loop.
 ``--from-json``: the rows of result files written by bench_ops.py (``speedup``) and bench_train.py (rows
@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fr_fast  # noqa: E402
-
 from bench_ops import fr_cases, pgd_cases  # noqa: E402
 from common import compare  # noqa: E402
+
+import fr_fast  # noqa: E402
 
 Pair = dict[str, Callable[[], object]]
 

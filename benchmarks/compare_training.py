@@ -6,7 +6,7 @@ Trains the small CNN (width 16) with AT+FR (PGD-5, eps 0.1, alpha 0.025, lam 0.1
 on the 3600 training images of the embedded MNIST subset, once with fr_fast's step (channels_last,
 autocast bf16, fused ops, frozen parameters during the attack) and once with the reference loop
 (float32, NCHW, torch.fft FR, clamp-chain PGD), from the same initial weights and the same batch order
-per seed. Then measures clean and PGD-20 accuracy (float32 attack, ``fr_fast.attacks.pgd``, alpha eps/4)
+per seed. Then measures clean and PGD-20 accuracy (float32 attack, ``fr_fast.robustness.attacks.pgd``, alpha eps/4)
 and PGD-20 under the autocast-bf16 training attack on the 1000 test images.
 "Within noise": |mean(fast) - mean(reference)| <= 2 * noise, with noise the larger of the seed-to-seed
 standard deviation and the binomial standard error of a difference of two accuracies on 1000 images.
@@ -27,13 +27,13 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fr_fast.attacks import ce_loss, perturb, pgd  # noqa: E402
-from fr_fast.data import DATASETS, load_dataset, to_float  # noqa: E402
-from fr_fast.models import build_model  # noqa: E402
-
 import reference_loop as ref  # noqa: E402
 from bench_train import make_fast_step  # noqa: E402
 from common import machine, write_results  # noqa: E402
+
+from fr_fast.data import DATASETS, load_dataset, to_float  # noqa: E402
+from fr_fast.models import build_model  # noqa: E402
+from fr_fast.robustness.attacks import ce_loss, perturb, pgd  # noqa: E402
 
 EPS, ALPHA, STEPS, BATCH, LR = 0.1, 0.025, 5, 64, 0.05
 

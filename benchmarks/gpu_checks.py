@@ -17,7 +17,7 @@ import sys
 import torch
 
 import fr_fast
-from fr_fast import reference
+from fr_fast.ops import reference
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> bool:

@@ -2,7 +2,7 @@
 
 With the default :class:`Features` (all off) the step is what a user copying the AT loop of
 locuslab/robust_overfitting (Rice et al. 2020) or the TRADES loop of yaodongyu/TRADES would run,
-with the FR term of Eq. 2 added through ``torch.fft`` (``fr_fast.reference.fr_loss``):
+with the FR term of Eq. 2 added through ``torch.fft`` (``fr_fast.ops.reference.fr_loss``):
 
 * float32, contiguous NCHW tensors, no autocast;
 * AT: uniform random start, mean cross-entropy, ``loss.backward()`` inside the attack with the
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fr_fast
-from fr_fast import reference
+from fr_fast.ops import reference
 
 EPS = 8 / 255
 ALPHA = 2 / 255

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fr_fast
-from fr_fast import reference
+from fr_fast.ops import reference
 
 IMPLEMENTATIONS = {"fused": (fr_fast.fr_loss, fr_fast.pgd_step_), "reference": (reference.fr_loss, reference.pgd_step_)}
 

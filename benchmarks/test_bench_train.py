@@ -8,9 +8,8 @@ measures the real sizes (batch 128, PGD-10) and prints the speedup ratios.
 import math
 
 import pytest
-import torch
-
 import reference_loop as ref
+import torch
 from bench_train import make_fast_step, make_model
 
 BATCH, ATTACK_STEPS = 8, 3

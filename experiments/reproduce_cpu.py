@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from fr_fast import plots, spectral
-from fr_fast.checkpoint import load_model
-from fr_fast.config import load_config
+from fr_fast.config.train_config import load_config
 from fr_fast.data import load_dataset
-from fr_fast.evaluate import evaluate
-from fr_fast.train import train
+from fr_fast.robustness.evaluate import evaluate
+from fr_fast.runs.checkpoint import load_model
+from fr_fast.spectral import analyses as spectral
+from fr_fast.spectral import plots
+from fr_fast.training.train import train
 
 # name -> (preset, extra overrides). Same budget for all; FR/WA switch on at the first lr decay (paper).
 METHODS = {

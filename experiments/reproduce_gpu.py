@@ -4,7 +4,7 @@
     python experiments/reproduce_gpu.py --out DIR --dry-run        # CPU smoke run on generated images
 
 All runs train concurrently on the one GPU (one process each), with the trainer as users run it
-(``fr_fast.train``: bf16 autocast, channels_last, the fused kernels). A short probe of every run first
+(``fr_fast.training.train``: bf16 autocast, channels_last, the fused kernels). A short probe of every run first
 measures the images/s the runs reach together; the number of epochs is then sized so that training and
 evaluation end inside ``--budget-s``. Learning-rate decays at 75 % and 90 % of the epochs; FR and the
 weight average switch on at the first decay (the paper). Each finished run writes ``runs/<run>.json``
@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 import fr_fast
-from fr_fast.checkpoint import load_model
-from fr_fast.config import load_config
+from fr_fast.config.train_config import load_config
 from fr_fast.data import load_dataset
-from fr_fast.evaluate import evaluate
-from fr_fast.train import train
+from fr_fast.robustness.evaluate import evaluate
+from fr_fast.runs.checkpoint import load_model
+from fr_fast.training.train import train
 
 # name -> overrides on top of the Fashion-MNIST AT preset. fft "2d" with lambda 0.1: the authors' code
 # (the formulation that produced the published numbers), as in the paper presets.

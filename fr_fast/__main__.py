@@ -1,5 +1,5 @@
 import sys
 
-from fr_fast.cli import main
+from fr_fast.cli.main import main
 
 sys.exit(main())

@@ -12,9 +12,12 @@ import pytest
 import torch
 
 import fr_fast
-from fr_fast import _extension, _optional, cli, data, plots
-from fr_fast.data import readers
+from fr_fast import _optional, data
 from fr_fast._optional import MissingExtraError
+from fr_fast.cli import main as cli
+from fr_fast.data import readers
+from fr_fast.ops import _extension
+from fr_fast.spectral import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +156,7 @@ def test_autoattack_without_torchattacks(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     model = torch.nn.Linear(4, 10)
     with pytest.raises(MissingExtraError, match=r"fr_fast\[eval\]"):
-        fr_fast.attacks.autoattack(model, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), eps=0.1)
+        fr_fast.robustness.attacks.autoattack(model, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), eps=0.1)
 
 
 def test_plots_without_matplotlib(monkeypatch, tmp_path):

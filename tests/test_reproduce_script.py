@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fr_fast.checkpoint import save_checkpoint
 from fr_fast.models import build_model
+from fr_fast.runs.checkpoint import save_checkpoint
 
 SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "reproduce_cpu.py"
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from fr_fast.data.datasets import DATASETS, FolderImageDataset, TensorImageDataset, to_float
-from fr_fast.seeding import mix_seed
+from fr_fast.utils.seeding import mix_seed
 
 
 # ---------------------------------------------------------------------------------- augmentation

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fr_fast._optional import require
-from fr_fast.restricted_pickle import load_restricted
+from fr_fast.data.restricted_pickle import load_restricted
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_DIR_ENV = "FR_FAST_DATA_DIR"
@@ -103,7 +103,7 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
 def _cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows uint8 (N, 3072), labels int64 (N,)) of one CIFAR pickle, checked; ValueError naming the file.
 
-    Read with a restricted unpickler: a planted file cannot run code (see fr_fast.restricted_pickle).
+    Read with a restricted unpickler: a planted file cannot run code (see fr_fast.data.restricted_pickle).
     """
     batch = load_restricted(path)
     if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:

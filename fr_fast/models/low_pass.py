@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fr_fast.fourier import low_pass
+from fr_fast.spectral.fourier import low_pass
 
 
 class LowPass(nn.Module):
     """Keep the centred ``bandwidth x bandwidth`` low-frequency square of each channel, clipped to [0, 1].
 
-    ``fr_fast.fourier.low_pass(x, bandwidth, clip=True)``. Built into the model (before
+    ``fr_fast.spectral.fourier.low_pass(x, bandwidth, clip=True)``. Built into the model (before
     :class:`Normalize`), every entry point -- training, validation, ``evaluate``, ``analyze``, attacks --
     sees the same L-model: an attack perturbs the raw [0, 1] image and the filter applies to the perturbed
     image inside the model (the paper does not say which image its attacks perturb). Gradients flow

@@ -1,0 +1,204 @@
+"""The paper's tables as runnable rows: ``configs/paper.yaml`` read, resolved and rendered.
+
+Each row names the table, the row label, the profiles it composes (``dataset/…``, ``model/…``,
+``method/…``), the fields it sets on top and the published numbers. :func:`row_config` turns a row into a
+:class:`~fr_fast.config.train_config.TrainConfig` (``fr-fast train --paper "Table 7: TRADES + FR"``),
+:func:`published_for_eval` gives the numbers ``fr-fast eval`` prints beside its own, and
+:func:`presets_markdown` renders docs/presets.md (``python -m fr_fast.config.paper --write docs/presets.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fr_fast.config.fields import config_from_dict, parse_overrides
+from fr_fast.config.train_config import CONFIG_DIRS, TrainConfig, compose
+from fr_fast.runs.runfolder import run_dir
+
+PAPER_FILE = "paper.yaml"
+EVAL_COLUMNS = ("clean", "pgd20", "pgd50", "cw", "aa")  # the attack names of fr_fast.robustness.evaluate
+_COLUMN_TITLES = {"clean": "Clean", "pgd20": "PGD-20", "pgd50": "PGD-50", "cw": "C&W", "aa": "AA"}
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of a paper table: how to train it and what the paper reports."""
+
+    id: str
+    table: int
+    row: str
+    compose: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)  # the row's "set:" fields
+    paper: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def title(self) -> str:
+        """"Table 7: TRADES + FR": the name ``--paper`` accepts besides the id."""
+        return f"Table {self.table}: {self.row}"
+
+
+def paper_file() -> Path:
+    """Path of configs/paper.yaml (source checkout or the copy inside the package)."""
+    for folder in CONFIG_DIRS:
+        if (folder / PAPER_FILE).is_file():
+            return folder / PAPER_FILE
+    raise FileNotFoundError(f"{PAPER_FILE} not found in {', '.join(map(str, CONFIG_DIRS)) or 'any configs folder'}")
+
+
+def _raw(path: str | Path | None) -> dict[str, Any]:
+    path = Path(path) if path is not None else paper_file()
+    return _parse(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(path: str, _mtime_ns: int) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def deviations(path: str | Path | None = None) -> list[str]:
+    """paper.yaml's list of the choices where the rows differ from the text or the authors' code."""
+    return [str(d) for d in _raw(path).get("deviations", [])]
+
+
+def load_paper(path: str | Path | None = None) -> tuple[dict[int, str], list[PaperRow]]:
+    """(table titles, rows) of paper.yaml."""
+    raw = _raw(path)
+    tables = {int(k): str(v) for k, v in raw["tables"].items()}
+    rows = [PaperRow(id=r["id"], table=int(r["table"]), row=r["row"], compose=tuple(r["compose"]),
+                     settings=dict(r.get("set") or {}), paper=dict(r["paper"]), note=r.get("note"))
+            for r in raw["rows"]]
+    return tables, rows
+
+
+def _key(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()
+
+
+def find_row(query: str, rows: list[PaperRow] | None = None) -> PaperRow:
+    """The row whose id or "Table N: label" matches ``query`` (case and spaces ignored)."""
+    rows = load_paper()[1] if rows is None else rows
+    wanted = _key(query)
+    for row in rows:
+        if wanted in (_key(row.id), _key(row.title)):
+            return row
+    close = difflib.get_close_matches(query, [r.title for r in rows] + [r.id for r in rows], n=3, cutoff=0.5)
+    hint = f"; did you mean {' | '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"no paper row {query!r} in {PAPER_FILE} (docs/presets.md lists them){hint}")
+
+
+def row_values(row: PaperRow) -> dict[str, Any]:
+    """The raw config mapping of a row: its profiles, its fields and ``paper_row``."""
+    folder = paper_file().parent
+    values = compose({"base": list(row.compose), **row.settings}, folder, f"{PAPER_FILE} row {row.id!r}")
+    values["paper_row"] = row.id
+    return values
+
+
+def row_config(query: str, overrides: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a paper row (id or "Table N: label") with ``--key=value`` overrides on top."""
+    row = find_row(query)
+    values = row_values(row)
+    values.update(parse_overrides(list(overrides or []), TrainConfig))
+    if values.get("out_dir") is None:  # runs/<row id>/<UTC time>, as presets name theirs
+        values["out_dir"] = run_dir(row.id, values.get("resume"))
+    return config_from_dict(values, TrainConfig, where=f"{PAPER_FILE} row {row.id!r}")
+
+
+def published_for_eval(row_id: str, cfg: dict[str, Any] | None = None) -> dict[str, float]:
+    """The paper's numbers of ``row_id`` keyed by evaluate's attack names (clean, pgd20, …).
+
+    Table 1 reports accuracy per low-pass bandwidth: "clean" is the column of the bandwidth the evaluation
+    sees (the L-model's ``low_pass_bandwidth``, else the unfiltered full size).
+    """
+    row = find_row(row_id)
+    if "lpf" not in row.paper:
+        return {k: float(row.paper[k]) for k in EVAL_COLUMNS if k in row.paper}
+    lpf = {int(k): float(v) for k, v in row.paper["lpf"].items()}
+    band = (cfg or {}).get("low_pass_bandwidth") or max(lpf)
+    out = {"pgd20": float(row.paper["pgd20"])}
+    if band in lpf:
+        out["clean"] = lpf[band]
+    return out
+
+
+def comparison_table(report: dict[str, Any], row_id: str, cfg: dict[str, Any] | None = None) -> str:
+    """The measured accuracies of an evaluation ``report`` beside the paper's numbers for ``row_id``."""
+    row = find_row(row_id)
+    published = published_for_eval(row_id, cfg)
+    lines = [f"paper: {row.title} ({row.id})", f"{'attack':<8} {'measured':>9} {'paper':>7} {'diff':>7}"]
+    for name, result in report["attacks"].items():
+        ours, theirs = result["accuracy"], published.get(name)
+        diff = f"{ours - theirs:+7.2f}" if theirs is not None else f"{'-':>7}"
+        lines.append(f"{name:<8} {ours:>9.2f} {_fmt(theirs) if theirs is not None else '-':>7} {diff}")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+
+
+def presets_markdown(path: str | Path | None = None) -> str:
+    """docs/presets.md: every row of paper.yaml with its composition and published numbers."""
+    tables, rows = load_paper(path)
+    out = ["# Paper presets", "",
+           "Generated from `configs/paper.yaml` by `python -m fr_fast.config.paper --write docs/presets.md`; do not edit.",
+           "Train a row with `fr-fast train --paper ID` (or `--paper \"Table N: row\"`); any `--key=value` overrides it.",
+           "Profiles live in `configs/dataset/`, `configs/model/` and `configs/method/`; the dataset profiles carry",
+           "the paper's recipe (FR in the authors' `fft: 2d` form, training attacks in eval mode, WA as FR's teacher).",
+           ""]
+    for number, title in tables.items():
+        members = [r for r in rows if r.table == number]
+        out += [f"## Table {number}", "", title + ".", ""]
+        if number == 1:
+            bands = sorted({int(b) for r in members for b in r.paper["lpf"]})
+            out += ["| id | row | composition | LPF accuracy by bandwidth k | PGD-20 |", "|---|---|---|---|---:|"]
+            for r in members:
+                lpf = ", ".join(f"{k}: {_fmt(v)}" for k, v in r.paper["lpf"].items())
+                out.append(f"| `{r.id}` | {r.row} | {_composition(r)} | {lpf} | {_fmt(r.paper['pgd20'])} |")
+            out.append("")
+            out.append(f"Bandwidths: {', '.join(map(str, bands))} (32 or 64 = unfiltered).")
+        else:
+            cols = [c for c in EVAL_COLUMNS if any(c in r.paper for r in members)]
+            out += ["| id | row | composition | " + " | ".join(_COLUMN_TITLES[c] for c in cols) + " |",
+                    "|---|---|---|" + "---:|" * len(cols)]
+            for r in members:
+                out.append(f"| `{r.id}` | {r.row} | {_composition(r)} | "
+                           + " | ".join(_fmt(r.paper.get(c, "")) for c in cols) + " |")
+        notes = [r for r in members if r.note]
+        if notes:
+            out += [""] + [f"- `{r.id}`: {r.note}" for r in notes]
+        out.append("")
+    out += ["## Deviations and readings", ""] + [f"- {d}" for d in deviations(path)] + [""]
+    return "\n".join(out)
+
+
+def _composition(row: PaperRow) -> str:
+    parts = [p.split("/", 1)[-1] for p in row.compose]
+    parts += [f"{k}={v}" for k, v in row.settings.items()]
+    return " + ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fr_fast.config.paper [--write FILE]``: print (or write) docs/presets.md."""
+    parser = argparse.ArgumentParser(prog="python -m fr_fast.config.paper", description=main.__doc__)
+    parser.add_argument("--write", default=None, help="write the markdown here instead of printing it")
+    args = parser.parse_args(argv)
+    text = presets_markdown()
+    if args.write:
+        Path(args.write).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

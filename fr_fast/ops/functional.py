@@ -1,0 +1,312 @@
+"""The fused ops: input checks, backend choice and autograd wiring. Kernels live in csrc/.
+
+Python decides, kernels compute: every public function validates its arguments, picks the C++/CUDA
+kernel when the extension provides one for the tensors' device, and otherwise falls back to
+``fr_fast.ops.reference`` (with a one-time warning).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import torch
+from torch import Tensor
+
+from fr_fast.ops import reference
+from fr_fast.ops._extension import LOAD_ERROR as EXTENSION_ERROR  # None once the kernels are registered
+from fr_fast.ops.reference import DISTANCES, FFT_MODES, REDUCTIONS
+from fr_fast.utils.checks import check_choice, check_radius
+
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+# The CUDA FR kernel does a direct DFT per row in shared memory, O(C^2) per row: until a crossover
+# against torch.fft is measured on a GPU, CUDA logits with more classes than this take torch.fft (the
+# CPU kernel switches to an FFT itself).
+MAX_CUDA_FUSED_CLASSES = 128
+_warned = False
+
+
+def _devices_with_kernels() -> frozenset[str]:
+    if EXTENSION_ERROR is not None:
+        return frozenset()
+    return frozenset(device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                     if torch._C._dispatch_has_kernel_for_dispatch_key("fr_fast::pgd_step_", key))
+
+
+# Looked up once: backend() then stays plain Python that torch.compile traces without a graph break.
+_KERNEL_DEVICES = _devices_with_kernels()
+# fr_fast._C.pgd_step_: the step without torch.ops' generic argument parsing (None: not built).
+_step_entry = getattr(sys.modules.get("fr_fast._C"), "pgd_step_", None) if EXTENSION_ERROR is None else None
+
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """Which implementation runs the fused ops for tensors on ``device``: "cuda", "cpp" or "reference"."""
+    device_type = torch.device(device).type
+    if EXTENSION_ERROR is not None or device_type not in _KERNEL_DEVICES:
+        return "reference"
+    return "cpp" if device_type == "cpu" else "cuda"
+
+
+def _fused(device: torch.device) -> bool:
+    global _warned
+    if device.type in _KERNEL_DEVICES:  # the hot path: one set lookup
+        return True
+    if not _warned:
+        _warned = True
+        reason = EXTENSION_ERROR or f"no kernel for device type {device.type!r}"
+        warnings.warn(f"fr_fast: fused kernels unavailable ({reason}); using the pure-PyTorch reference ops",
+                      RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _check_float_tensor(name: str, tensor: object) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def _check_pair(op: str, first: tuple[str, Tensor], second: tuple[str, Tensor]) -> None:
+    (name_a, a), (name_b, b) = first, second
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: {name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{op}: {name_a} is on {a.device} but {name_b} is on {b.device}")
+
+
+# --------------------------------------------------------------------------------------------- FR loss
+
+def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", reduction: str = "mean",
+            fft: str = "1d") -> Tensor:
+    """Frequency-regularisation distance between teacher and adversarial logits (the λ-free term of Eq. 2).
+
+    Parameters
+    ----------
+    teacher_logits, adv_logits : (B, C) floating tensors on one device (any strides). Mixed dtypes are
+        promoted. Gradients flow to both unless the caller detaches one.
+    distance : "l1" (the paper), "l2" or "cosine" (its ablation). Formulas in ``fr_fast.ops.reference.fr_loss``.
+        By Parseval, l2 equals sqrt(C)·‖a − b‖₂ and cosine equals 1 − cos(a, b) in logit space, so both
+        are computed without a DFT.
+    reduction : "mean" (the paper's 1/n Σ_i), "sum" or "none" (a (B,) tensor).
+    fft : "1d" (DFT over classes, the paper's text) or "2d" (the authors' code: a 2-D DFT over the whole
+        (B, C) matrix, L1 averaged over all 2·B·C real and imaginary parts; l1 only, no "none").
+
+    Returns
+    -------
+    Tensor: float32 for float16/bfloat16/float32 inputs, float64 for float64.
+    """
+    _check_float_tensor("teacher_logits", teacher_logits)
+    _check_float_tensor("adv_logits", adv_logits)
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("fft", fft, FFT_MODES)
+    if teacher_logits.dim() != 2:
+        raise ValueError(f"fr_loss expects (batch, classes) logits, got shape {tuple(teacher_logits.shape)}")
+    _check_pair("fr_loss", ("teacher_logits", teacher_logits), ("adv_logits", adv_logits))
+    if fft == "2d" and (distance != "l1" or reduction == "none"):
+        raise ValueError("fft='2d' (the authors' code) supports distance='l1' with reduction 'mean' or 'sum' only")
+    dtype = teacher_logits.dtype
+    if adv_logits.dtype != dtype:
+        dtype = torch.promote_types(dtype, adv_logits.dtype)
+        teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    if fft == "2d" or distance == "l2":
+        diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
+        if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
+            parts = torch.view_as_real(torch.fft.fft2(diff)).abs()
+            return parts.mean() if reduction == "mean" else parts.sum()
+        return reference._reduce(diff.norm(dim=-1) * math.sqrt(diff.shape[-1]), reduction)  # Parseval
+    if distance == "cosine":
+        similarity = torch.nn.functional.cosine_similarity(
+            teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), dim=-1, eps=1e-8)
+        return reference._reduce(1.0 - similarity, reduction)
+    device = teacher_logits.device
+    if _fused(device) and (device.type != "cuda" or teacher_logits.shape[-1] <= MAX_CUDA_FUSED_CLASSES):
+        return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
+    return reference.fr_loss(teacher_logits, adv_logits, "l1", reduction, "1d")
+
+
+class FRLoss(torch.nn.Module):
+    """``lam * fr_loss(teacher_logits, adv_logits)``: the FR term to add to an adversarial-training loss."""
+
+    def __init__(self, lam: float = 0.1, distance: str = "l1", fft: str = "1d", reduction: str = "mean") -> None:
+        super().__init__()
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"FRLoss: lam must be a finite number >= 0, got {lam}")
+        check_choice("distance", distance, DISTANCES)
+        check_choice("fft", fft, FFT_MODES)
+        check_choice("reduction", reduction, REDUCTIONS)
+        self.lam, self.distance, self.fft, self.reduction = lam, distance, fft, reduction
+
+    def forward(self, teacher_logits: Tensor, adv_logits: Tensor) -> Tensor:
+        return self.lam * fr_loss(teacher_logits, adv_logits, self.distance, self.reduction, self.fft)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, distance={self.distance!r}, fft={self.fft!r}, reduction={self.reduction!r}"
+
+
+# --------------------------------------------------------------------------------------------- PGD step
+
+Radius = float | Tensor  # a number, or a (B,) tensor of one value per sample
+
+
+def _check_images(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
+    _check_float_tensor("x_adv", x_adv)
+    for name, tensor in others.items():
+        _check_float_tensor(name, tensor)
+        _check_pair(op, ("x_adv", x_adv), (name, tensor))
+        if tensor.dtype != x_adv.dtype:
+            raise ValueError(f"{op}: x_adv is {x_adv.dtype} but {name} is {tensor.dtype}; convert it with .to(x_adv.dtype)")
+    if x_adv.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{op}: x_adv requires grad; pass a detached tensor (e.g. x_adv.detach_()) to update in place")
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether the memory spans of ``a`` and ``b`` intersect (conservative for interleaved views)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a_begin, a_end), (b_begin, b_end) = span(a), span(b)
+    return a_begin < b_end and b_begin < a_end
+
+
+def _check_no_overlap(op: str, x_adv: Tensor, others: dict[str, Tensor]) -> None:
+    for name, tensor in others.items():
+        if _shares_memory(x_adv, tensor):
+            raise ValueError(f"{op}: x_adv and {name} share memory; pass a separate tensor (e.g. {name}.clone())")
+
+
+def _check_clip(op: str, clip_min: float | None, clip_max: float | None) -> None:
+    for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
+        if value is not None and (not isinstance(value, (int, float)) or math.isnan(value)):
+            raise ValueError(f"{op}: {name} must be a number or None (no bound), got {value!r}")
+    if clip_min is not None and clip_max is not None and clip_min > clip_max:
+        raise ValueError(f"{op}: need clip_min <= clip_max (None for no bound), got {clip_min} and {clip_max}")
+
+
+def _checked_radius(op: str, name: str, value: Radius, x_adv: Tensor, non_negative: bool) -> Radius:
+    """A number checked, or a per-sample (B,) tensor checked and cast to the kernels' compute dtype."""
+    if not isinstance(value, Tensor):
+        if non_negative:
+            return check_radius(name, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
+        return value
+    if x_adv.dim() == 0 or value.shape != x_adv.shape[:1]:
+        raise ValueError(f"{op}: a per-sample {name} must have shape ({x_adv.shape[0] if x_adv.dim() else 0},), "
+                         f"one value per sample of x_adv, got {tuple(value.shape)}")
+    _check_float_tensor(name, value)
+    if value.device != x_adv.device:
+        raise ValueError(f"{op}: x_adv is on {x_adv.device} but {name} is on {value.device}")
+    value = value.to(torch.float64 if x_adv.dtype == torch.float64 else torch.float32)
+    ok = value.isfinite() & (value >= 0) if non_negative else value.isfinite()
+    if not bool(ok.all()):
+        raise ValueError(f"{op}: every {name} must be finite{' and >= 0' if non_negative else ''}")
+    return value
+
+
+def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: Radius, eps: Radius,
+              clip_min: float | None = 0.0, clip_max: float | None = 1.0) -> Tensor:
+    """One L-inf PGD step in place: ``x_adv ← clamp(min(max(x_adv + α·sign(grad), x_nat − ε), x_nat + ε), clip_min, clip_max)``.
+
+    All three tensors share shape, dtype (float16/bfloat16/float32/float64) and device; any memory format
+    (x_adv keeps its own); x_adv must not share memory with grad or x_nat. ``alpha`` and ``eps`` are
+    numbers or (B,) tensors of one value per sample (checked with one device sync). A ``None`` clip bound
+    does not clip: pass ``None, None`` for normalised or 0–255 images. NaN in x_adv or x_nat gives NaN, as
+    in the clamp chain; sign(NaN) = 0. The fused kernels compute in float32 and round once. Returns ``x_adv``.
+    """
+    if _step_entry is not None and not torch.compiler.is_compiling():  # the hot path: C++ checks everything
+        done = _step_entry(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max)
+        if done is not NotImplemented:
+            return done
+    if isinstance(x_adv, Tensor) and x_adv.device.type in _KERNEL_DEVICES:  # torch.compile, per-sample values
+        per_alpha, per_eps = isinstance(alpha, Tensor), isinstance(eps, Tensor)
+        if not per_alpha:
+            _checked_radius("pgd_step_", "alpha", alpha, x_adv, non_negative=False)
+        if not per_eps:
+            _checked_radius("pgd_step_", "eps", eps, x_adv, non_negative=True)
+        torch.ops.fr_fast.pgd_step_(x_adv, grad, x_nat, 0.0 if per_alpha else alpha, 0.0 if per_eps else eps,
+                                    clip_min, clip_max, alpha if per_alpha else None, eps if per_eps else None)
+        return x_adv
+    _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+    _check_no_overlap("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+    _check_clip("pgd_step_", clip_min, clip_max)
+    alpha = _checked_radius("pgd_step_", "alpha", alpha, x_adv, non_negative=False)
+    eps = _checked_radius("pgd_step_", "eps", eps, x_adv, non_negative=True)
+    _fused(x_adv.device)  # warns once that the reference runs
+    return reference.pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max)
+
+
+def random_start_(x_adv: Tensor, x_nat: Tensor, eps: Radius, clip_min: float | None = 0.0,
+                  clip_max: float | None = 1.0) -> Tensor:
+    """Write ``clamp(x_nat + U(−ε, ε), clip_min, clip_max)`` into ``x_adv`` (the PGD random start). Returns ``x_adv``.
+
+    ``eps`` is a number or a (B,) tensor (then the noise is ``U(−1, 1)·ε_b``); a ``None`` bound does not
+    clip. The noise comes from torch's generator (``torch.manual_seed`` reproduces it) and is drawn into
+    ``x_adv`` itself, which must not share memory with ``x_nat``; one fused pass then adds ``x_nat`` and clips.
+    """
+    _check_images("random_start_", x_adv, {"x_nat": x_nat})
+    _check_no_overlap("random_start_", x_adv, {"x_nat": x_nat})
+    _check_clip("random_start_", clip_min, clip_max)
+    eps = _checked_radius("random_start_", "eps", eps, x_adv, non_negative=True)
+    if not _fused(x_adv.device):
+        return reference.random_start_(x_adv, x_nat, eps, clip_min, clip_max)
+    target = x_adv if _is_dense(x_adv) else torch.empty_like(x_nat)
+    reference.uniform_noise_(target, eps)
+    torch.ops.fr_fast.add_clip_(target, x_nat, clip_min, clip_max)
+    return x_adv if target is x_adv else x_adv.copy_(target)
+
+
+def _is_dense(tensor: Tensor) -> bool:
+    """True when the elements fill one block of memory without gaps or overlaps (any dimension order)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(tensor.shape, tensor.stride()) if s != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+# ------------------------------------------------------------------------- torch.library registration
+
+def _register_library_functions() -> None:
+    """Fake (meta) implementations for torch.compile (fr_l1's autograd is registered in C++)."""
+
+    @torch.library.register_fake("fr_fast::fr_l1")
+    def _(teacher: Tensor, adv: Tensor, reduction: int) -> Tensor:
+        dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+        shape = (teacher.shape[0],) if reduction == 0 else ()
+        return teacher.new_empty(shape, dtype=dtype)
+
+    @torch.library.register_fake("fr_fast::fr_l1_with_grad")
+    def _(teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+        shape = (teacher.shape[0],) if reduction == 0 else ()
+        return teacher.new_empty(shape, dtype=dtype), teacher.new_empty(teacher.shape, dtype=dtype)
+
+    @torch.library.register_fake("fr_fast::fr_l1_backward")
+    def _(grad: Tensor, teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        return (torch.empty(teacher.shape, dtype=teacher.dtype, device=teacher.device),
+                torch.empty(adv.shape, dtype=adv.dtype, device=adv.device))
+
+    @torch.library.register_fake("fr_fast::pgd_step_")
+    def _(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float, clip_min: float | None = 0.0,
+          clip_max: float | None = 1.0, alpha_rows: Tensor | None = None, eps_rows: Tensor | None = None) -> None:
+        _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+        return None
+
+    @torch.library.register_fake("fr_fast::add_clip_")
+    def _(x_adv: Tensor, x_nat: Tensor, clip_min: float | None = 0.0, clip_max: float | None = 1.0) -> None:
+        _check_images("add_clip_", x_adv, {"x_nat": x_nat})
+        return None
+
+
+if EXTENSION_ERROR is None:
+    _register_library_functions()

@@ -1,0 +1,210 @@
+"""Where a run writes, and who may write there.
+
+- :func:`default_out_dir`: ``runs/<preset>/<UTC timestamp>`` so two presets (or two runs of one preset) never
+  share a folder by accident; :func:`latest_run` finds the newest one again for ``--resume``.
+- :class:`RunLock`: an exclusive ``flock`` on ``<out_dir>/.lock`` held for the life of a run; a second run
+  into the same folder fails at once naming the holder's pid. The kernel drops the lock when the holder
+  dies, even by SIGKILL, so a killed run never leaves a stale lock behind.
+- :func:`claim_run_folder`: a fresh run into a folder that already holds a run's files needs ``resume``
+  or ``overwrite`` (which deletes them first). :func:`hold_run_folder` does all of the above for a run.
+- :func:`resume_source`: which checkpoint ``resume`` = last / auto / a path means.
+- :func:`ensure_writable_dir` / :func:`ensure_writable_file`: output paths are checked before any
+  computation, so an evaluation is not lost to an unwritable ``--out``.
+- :func:`reconcile_best`: best.pt is written right after last.pt, so a kill between the two can leave
+  best.pt behind the best epoch last.pt records; on resume (and at the end of a run) it is rewritten
+  from last.pt, which then holds exactly that state.
+
+Errors are :class:`RunFolderError` (a ValueError) with a one-line message that names the fix.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are then unprotected against each other
+    fcntl = None  # type: ignore[assignment]
+
+from fr_fast.runs.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
+from fr_fast.utils.paths import local_path
+
+RUNS_ROOT = "runs"
+LOCK_NAME = ".lock"
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "run.json")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (busy, holds another run, not writable)."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another live process holds the folder's run lock."""
+
+
+def default_out_dir(name: str, root: str | os.PathLike = RUNS_ROOT) -> str:
+    """``<root>/<name>/<YYYYmmdd-HHMMSS>`` (UTC): a new folder per run, grouped by preset name."""
+    return str(Path(root) / name / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+
+
+def latest_run(name: str, root: str | os.PathLike = RUNS_ROOT) -> Path | None:
+    """The newest ``<root>/<name>/<timestamp>`` folder that holds a ``last.pt``, or None."""
+    runs = sorted(p.parent for p in (Path(root) / name).glob("*/last.pt"))
+    return runs[-1] if runs else None
+
+
+def run_dir(name: str, resume: str | None, root: str | os.PathLike = RUNS_ROOT) -> str:
+    """The out_dir of a run that names none: with ``resume`` = last/true/auto the newest earlier run of ``name``
+    that has a last.pt, else (or when there is none) a new :func:`default_out_dir`."""
+    latest = latest_run(name, root) if resume in ("last", "true", "auto") else None
+    return str(latest) if latest is not None else default_out_dir(name, root)
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove a file can be created in it; RunFolderError otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise RunFolderError(f"{what} {str(path)!r} is not writable ({exc.strerror or exc}); "
+                             "choose another path") from exc
+    return path
+
+
+def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check that ``path`` can be written (its folder exists and is writable, it is not a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunFolderError(f"{what} {str(path)!r} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise RunFolderError(f"{what} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it "
+                             "or choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise RunFolderError(f"{what} {str(path)!r} exists and is not writable; choose another path")
+    ensure_writable_dir(path.parent, what=f"folder of the {what}")
+    return path
+
+
+def existing_run_files(out_dir: str | os.PathLike) -> list[str]:
+    """Which of the :data:`RUN_FILES` exist in ``out_dir``."""
+    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+
+
+def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run over another run's files unless ``overwrite`` (which deletes them).
+
+    Call it while holding the folder's :class:`RunLock`.
+    """
+    found = existing_run_files(out_dir)
+    if resume or not found:
+        return
+    if not overwrite:
+        raise RunFolderError(f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
+                             "it, --overwrite to replace it, or choose another --out_dir")
+    for name in found:
+        (Path(out_dir) / name).unlink()
+
+
+def resume_source(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a run continues from: ``resume`` = last/true -> out_dir/last.pt (which must exist);
+    auto -> out_dir/last.pt if it exists, else None (a fresh start); a path -> that file; None -> None."""
+    if not resume:
+        return None
+    if resume not in ("last", "true", "auto"):
+        return local_path(resume, "resume")
+    path = Path(out_dir) / "last.pt"
+    if path.is_file():
+        return path
+    if resume == "auto":
+        return None
+    raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in {out_dir}); pass the run's "
+                            "--out_dir, or --resume=auto to start afresh when there is nothing to resume")
+
+
+@contextlib.contextmanager
+def hold_run_folder(out_dir: str | os.PathLike, *, resuming: bool, overwrite: bool,
+                    enabled: bool = True) -> Iterator[None]:
+    """For the life of a run (``with``): ``out_dir`` is writable, locked by this process, holds no other run's
+    files (unless ``resuming``, or ``overwrite`` which deletes them) and no temporaries of killed saves.
+
+    ``enabled`` False (the non-writing ranks of a DDP run) makes it a no-op.
+    """
+    if not enabled:
+        yield
+        return
+    ensure_writable_dir(out_dir, "out_dir")
+    with RunLock(out_dir):
+        claim_run_folder(out_dir, resume=resuming, overwrite=overwrite)
+        for p in remove_stale_temps(out_dir):
+            print(f"removed {p}, left by an interrupted save", file=sys.stderr, flush=True)
+        yield
+
+
+def reconcile_best(out_dir: str | os.PathLike, last: dict[str, Any]) -> str | None:
+    """Make ``out_dir/best.pt`` the checkpoint of the best epoch that ``last`` (the loaded last.pt) records.
+
+    Returns a one-line note when best.pt was repaired or cannot be (the best epoch's state is gone: only
+    possible when best.pt was deleted or damaged by hand), None when it was already right.
+    """
+    best_epoch = last.get("best_epoch", -1)
+    if best_epoch is None or best_epoch < 1:
+        return None
+    path = Path(out_dir) / "best.pt"
+    try:
+        held = load_checkpoint(path).get("epoch") if path.exists() else None
+    except ValueError:  # damaged
+        held = None
+    if held == best_epoch:
+        return None
+    if last.get("epoch") == best_epoch:
+        save_checkpoint(last, path)
+        return f"best.pt repaired: it held epoch {held}, the run's best is epoch {best_epoch} (rewritten from last.pt)"
+    return (f"warning: best.pt holds epoch {held} but the run's best is epoch {best_epoch}, whose weights are no "
+            "longer available; best.pt is left as it is")
+
+
+class RunLock:
+    """Exclusive lock on a run folder for the life of a run (a context manager).
+
+    The lock file keeps the holder's pid for the error message of the next comer. It is never deleted:
+    unlinking a lock file others may have opened would let two processes hold "the" lock.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.path = Path(out_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise :class:`RunFolderBusy` naming the holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunFolderBusy(f"run folder {self.path.parent} is in use by process {holder} (lock file "
+                                    f"{self.path}); wait for it to finish or choose another --out_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
