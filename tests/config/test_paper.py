@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fr_fast.cli.train import main as train_main
 from fr_fast.config import paper
 from fr_fast.config.train_config import config_to_dict
-from fr_fast.training.train import main as train_main
 
 TABLES, ROWS = paper.load_paper()
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "presets.md"
