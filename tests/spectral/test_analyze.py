@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from fr_fast.cli import analyze as analyze_cli
 from fr_fast.spectral import analyze
 
 
@@ -23,7 +24,7 @@ def checkpoint(tmp_path_factory):
 
 def test_analyze_writes_all_figures_and_data(checkpoint, tmp_path):
     out = tmp_path / "res"
-    rc = analyze.main([checkpoint, checkpoint, "--names", "a", "b", "--out", str(out), "--n-images", "6",
+    rc = analyze_cli.main([checkpoint, checkpoint, "--names", "a", "b", "--out", str(out), "--n-images", "6",
                        "--heatmap-images", "2", "--panel-images", "2", "--steps", "2", "--bandwidths", "7", "28",
                        "--batch-size", "4", "--device", "cpu"])
     assert rc == 0
@@ -44,11 +45,11 @@ def test_analyze_writes_all_figures_and_data(checkpoint, tmp_path):
 
 
 def test_analyze_rejects_bad_arguments(checkpoint, tmp_path, capsys):
-    assert analyze.main([checkpoint, "--out", str(tmp_path), "--what", "lpf,nope"]) == 2
+    assert analyze_cli.main([checkpoint, "--out", str(tmp_path), "--what", "lpf,nope"]) == 2
     assert "--what" in capsys.readouterr().err
-    assert analyze.main([checkpoint, "--out", str(tmp_path), "--what", "lpf", "--bandwidths", "40"]) == 2
+    assert analyze_cli.main([checkpoint, "--out", str(tmp_path), "--what", "lpf", "--bandwidths", "40"]) == 2
     assert "bandwidths" in capsys.readouterr().err
-    assert analyze.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
+    assert analyze_cli.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
 
 
 def test_default_bandwidths():
@@ -60,6 +61,6 @@ def test_default_bandwidths():
 
 def test_analyze_checks_out_before_loading(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert analyze.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert analyze_cli.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "file" / "sub")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not writable" in err and "missing.pt" not in err
