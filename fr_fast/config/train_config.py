@@ -137,6 +137,11 @@ class TrainConfig:
     compile: bool = knob(False, "torch.compile the model")
     compile_mode: str = knob("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: for small "
                              "models and batches, where kernel launches dominate) | max-autotune")
+    cuda_graph: bool = knob(False, "the training step without host synchronisation (statistics stay on the device, "
+                            "a non-finite loss skips the update on the device); on CUDA it is captured in one CUDA "
+                            "graph and replayed per batch (README: CUDA-graph step)")
+    log_every: int = knob(50, "with cuda_graph: read the step statistics (loss, accuracy, skipped updates) every N "
+                          "steps and at the end of the epoch; a non-finite loss stops the run at the next read")
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")
     cpu_threads: Union[int, None] = knob(None, "torch CPU threads for this run; null = leave as is")
     # run
@@ -270,6 +275,7 @@ RANGES: dict[str, str] = {
     "bn_recalibrate_batches": "[1, inf)", "cpu_threads": "[1, inf)", "num_workers": "[0, inf)",
     "fake_data": "[0, inf)", "awp_warmup": "[0, inf)", "fr_start_epoch": "[0, inf)", "wa_start_epoch": "[0, inf)",
     "lr_milestones": "[0, inf)", "pad_to": "[1, inf)", "low_pass_bandwidth": "[1, inf)",
+    "log_every": "[1, inf)",
 }
 
 

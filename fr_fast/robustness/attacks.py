@@ -155,15 +155,15 @@ def _project_(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
 
 # ----------------------------------------------------------------------------------------- attacks
 def perturb(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: float, alpha: float,
-            steps: int, x_init: Tensor | None = None) -> Tensor:
+            steps: int, x_init: Tensor | None = None, freeze_params: bool = True) -> Tensor:
     """Raw L-inf PGD loop (the attack inside adversarial training).
 
     Each step: forward ``x_adv``, gradient of ``loss_fn(logits, y)`` with respect to ``x_adv`` only,
     then the fused ``fr_fast.pgd_step_`` (ascent by ``alpha * sign(grad)``, projection onto the
     eps-ball around ``x``, clip to [0, 1]). The model is used as the caller left it: train/eval mode
     (BatchNorm in train mode updates its running statistics on adversarial batches) and the caller's
-    autocast context. Parameters do not require grad during the loop (flags restored afterwards), and
-    nothing in the loop synchronises with the host.
+    autocast context. Parameters do not require grad during the loop (flags restored afterwards) unless
+    ``freeze_params`` is False, and nothing in the loop synchronises with the host.
 
     Parameters
     ----------
@@ -175,6 +175,9 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: flo
     steps : number of PGD steps (>= 1)
     x_init : optional (B, C, H, W) starting point; None -> uniform random start in the eps-ball
         (``fr_fast.random_start_``)
+    freeze_params : False -> parameters keep ``requires_grad`` (only the input gradient is computed either
+        way): under autocast each weight is then cast once per autocast block, reused by every forward,
+        instead of once per forward (autocast caches the casts of trainable leaves only)
 
     Returns
     -------
@@ -189,7 +192,7 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: flo
         if x_init.shape != x_nat.shape:
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(x_nat.shape)}")
         x_adv = x_init.detach().to(dtype=x_nat.dtype).clone(memory_format=torch.preserve_format)
-    with frozen_params(model), torch.enable_grad():
+    with frozen_params(model) if freeze_params else contextlib.nullcontext(), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), y)

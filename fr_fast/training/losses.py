@@ -126,7 +126,7 @@ def kl_attack_loss(nat_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float,
-                      steps: int, mode: str | None = None) -> Tensor:
+                      steps: int, mode: str | None = None, freeze_params: bool = True) -> Tensor:
     """L-inf PGD examples for training objective ``method``, with the attack of each method's reference code.
 
     at / natural(+FR): CE, uniform random start (Madry).
@@ -135,7 +135,8 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
     ``mode`` is the model's mode while attacking: "train" (BN uses and updates batch statistics) or "eval";
     None -> the method's reference code (``REFERENCE_ATTACK_MODES``: train for at/natural as Rice et al.,
     eval for trades/mart). The FR authors' code attacks in eval mode. The model's mode is restored
-    afterwards. Returns x_adv (B, C, H, W) in [0, 1], detached.
+    afterwards. ``freeze_params``: as in :func:`fr_fast.robustness.attacks.perturb` (the trainer passes False
+    to cast the weights once per step under autocast). Returns x_adv (B, C, H, W) in [0, 1], detached.
     """
     # ce_loss is the summed CE: 16-bit input gradients do not underflow.
     if method not in REFERENCE_ATTACK_MODES:
@@ -145,7 +146,8 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
         raise ValueError(f"attack mode must be 'train' or 'eval', got {mode!r}")
     with module_mode(model, mode == "train"):
         if method in ("natural", "at"):
-            return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps).detach()
+            return perturb(model, x, y, ce_loss, eps=eps, alpha=alpha, steps=steps,
+                           freeze_params=freeze_params).detach()
         x_init = (x + _SMALL_START_STD * torch.randn_like(x)).clamp_(0.0, 1.0)
         if method == "trades":
             with torch.no_grad():
@@ -153,7 +155,8 @@ def craft_adversarial(method: str, model: nn.Module, x: Tensor, y: Tensor, *, ep
             loss_fn = kl_attack_loss(nat_probs)
         else:
             loss_fn = ce_loss
-        return perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init).detach()
+        return perturb(model, x, y, loss_fn, eps=eps, alpha=alpha, steps=steps, x_init=x_init,
+                       freeze_params=freeze_params).detach()
 
 
 def _world_size() -> int:

@@ -18,7 +18,7 @@ from fr_fast.config.train_config import TrainConfig, config_to_dict
 # Fields that say where and how fast a run computes or reports, not what it computes.
 RUN_CONTROL_FIELDS = frozenset({"out_dir", "resume", "progress", "device", "compile", "channels_last",
                                 "deterministic", "cpu_threads", "num_workers", "data_dir", "tensorboard",
-                                "paper_row"})  # paper_row: which published numbers eval shows
+                                "cuda_graph", "log_every", "paper_row"})  # paper_row: which published numbers eval shows
 # Fields a resumed run may change with --resume-override.
 OVERRIDABLE_FIELDS = ("lr", "epochs", "lr_milestones")
 

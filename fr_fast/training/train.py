@@ -39,6 +39,7 @@ from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.runs.metrics_log import MetricsLog
 from fr_fast.runs.runfolder import hold_run_folder, reconcile_best, resume_source, run_dir
+from fr_fast.training import sync_free
 from fr_fast.training.interrupt import StopOnSignal
 from fr_fast.training.losses import base_loss, craft_adversarial, make_fr, training_loss
 from fr_fast.training.resume import apply_schedule_overrides, check_resume, override_record
@@ -86,52 +87,79 @@ def wrap_models(cfg: TrainConfig, model: nn.Module, world: int = 1) -> tuple[nn.
     return attack_model, train_model
 
 
-def make_step(cfg: TrainConfig, state: TrainState, epoch: int,
-              models: tuple[nn.Module, nn.Module] | None = None) -> Callable[[Tensor, Tensor], StepResult]:
+def make_step(cfg: TrainConfig, state: TrainState, epoch: int, models: tuple[nn.Module, nn.Module] | None = None,
+              cache: dict[str, Any] | None = None) -> Callable[[Tensor, Tensor], StepResult | None]:
     """The training step of epoch ``epoch``: ``step(x, y)`` attacks, computes the loss and updates ``state``.
 
     x: (B, C, H, W) float in [0, 1] (moved to the model's device and memory format), y: (B,) int64. The
     objective, the FR term (and its teacher: ``state.average`` for FR/WA) and AWP are those ``cfg``
     switches on in that epoch; autocast and memory format are resolved from ``cfg`` and the model's device.
     ``models``: the (attack_model, train_model) pair of :func:`wrap_models` (default: built here).
-    Raises :class:`NonFiniteLoss` before any weight changes when the loss is NaN or infinite.
+    Eager (``cuda_graph`` off): returns a :class:`StepResult`; raises :class:`NonFiniteLoss` before any weight
+    changes when the loss is NaN or infinite. ``cuda_graph`` on: a :mod:`fr_fast.training.sync_free` step
+    (returns None; statistics and skipped updates on the device, read with ``step.read()``), taken from
+    ``cache`` when an earlier epoch built one with the same switches (its lr is refreshed).
     """
     device = next(state.model.parameters()).device
     amp_dtype = resolve_amp(cfg.amp, device)
     memory_format = resolve_memory_format(cfg.channels_last, device)
-    attack_model, train_model = models if models is not None else wrap_models(cfg, state.model)
     objective = cfg.awp_base if cfg.method == "awp" else cfg.method
     fr_on, awp_on = switches(cfg, epoch)
-    fr = make_fr(cfg.lam, cfg.distance, cfg.fft) if fr_on else None  # fft="2d" under DDP: on the global batch
     teacher = state.average if fr_on and cfg.wa_teacher else None  # wa_role "evaluated": FR uses the model
+    key = sync_free.step_key(fr_on, awp_on, teacher)
+    if cfg.cuda_graph and cache is not None and cache.get("key") == key:
+        cache["step"].set_lr()
+        return cache["step"]
+    attack_model, train_model = models if models is not None else wrap_models(cfg, state.model)
+    fr = make_fr(cfg.lam, cfg.distance, cfg.fft) if fr_on else None  # fft="2d" under DDP: on the global batch
     awp = state.awp if awp_on else None
     betas = dict(trades_beta=cfg.trades_beta, mart_beta=cfg.mart_beta)
+    held: dict[str, Any] = {}  # AWP's perturbation of the current batch, removed after the update
+    freeze = amp_dtype is None or cfg.compile  # frozen parameters in the attack (see forward)
 
-    def step(x: Tensor, y: Tensor) -> StepResult:
+    def forward(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Attack, AWP perturbation and loss: the step up to its backward pass."""
         x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         train_model.train()
+        # Under autocast the parameters stay trainable during the attack, so autocast casts each weight once
+        # per step (its cache holds trainable leaves only) instead of once in each of the attack's forwards.
+        # Not for a compiled model: its compiled backward would then compute the weight gradients too.
         with autocast(device, amp_dtype):
             x_adv = craft_adversarial(objective, attack_model, x, y, eps=cfg.eps, alpha=cfg.alpha,
-                                      steps=cfg.attack_steps, mode=cfg.resolved_attack_mode()) \
+                                      steps=cfg.attack_steps, mode=cfg.resolved_attack_mode(), freeze_params=freeze) \
                 if objective != "natural" or fr_on else None
             if awp is not None:
-                diff = awp.perturbation(lambda m: base_loss(objective, m, x, x_adv, y, **betas).loss)
-                awp.perturb(diff)
+                held["diff"] = awp.perturbation(lambda m: base_loss(objective, m, x, x_adv, y, **betas).loss)
+                awp.perturb(held["diff"])
+                torch.clear_autocast_cache()  # the cached casts hold the weights before the perturbation
             loss, adv_logits = training_loss(objective, train_model, x, x_adv, y, fr=fr, teacher=teacher, **betas)
+        return loss, adv_logits
+
+    def restore() -> None:
+        if awp is not None:
+            awp.restore(held.pop("diff"))
+
+    if cfg.cuda_graph:
+        step = sync_free.build_step(forward, state, device, after_update=restore)
+        if cache is not None:
+            cache.update(key=key, step=step)
+        return step
+
+    def step(x: Tensor, y: Tensor) -> StepResult:
+        loss, adv_logits = forward(x, y)
+        y = y.to(device, non_blocking=True)
         with torch.no_grad():
             stats = torch.stack([loss.detach().float(), (adv_logits.argmax(1) == y).sum().float()])
         value = stats[0].item()
         if not math.isfinite(value):
-            if awp is not None:
-                awp.restore(diff)
+            restore()
             raise NonFiniteLoss(f"loss became {value}")
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
-        if awp is not None:
-            awp.restore(diff)
+        restore()
         return StepResult(value, stats)
 
     return step
@@ -201,30 +229,41 @@ def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device,
             "val_images": total}
 
 
-def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], loader, rt: Runtime,
+def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult | None], loader, rt: Runtime,
                 epoch: int, stop: StopOnSignal | None = None) -> dict[str, float]:
     """One pass of ``step`` over ``loader`` (at most ``max_train_batches``): loss, accuracy, throughput.
 
-    Raises NonFiniteLoss naming the epoch and step; Interrupted after the step during which ``stop`` saw a
-    signal.
+    A sync-free step (``cuda_graph``) is read every ``log_every`` steps and at the end. Raises NonFiniteLoss
+    naming the epoch and step (sync-free: at the first read after it; that update was skipped); Interrupted
+    after the step during which ``stop`` saw a signal.
     """
     n_batches = len(loader) if cfg.max_train_batches is None else min(len(loader), cfg.max_train_batches)
     show = rt.is_main and cfg.progress
     bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", "batch", enabled=show, final_line=False)
+    sync_free_step = cfg.cuda_graph
+    if sync_free_step:
+        step.reset()
     sums = torch.zeros(2, device=rt.device)
     seen, t0 = 0, time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if i >= n_batches:
             break
-        try:
-            result = step(x, y)
-        except NonFiniteLoss as exc:
-            raise NonFiniteLoss(f"{exc} at epoch {epoch + 1} (index {epoch}), step {i}") from None
-        sums += result.stats * torch.tensor([y.numel(), 1.0], device=rt.device)
         seen += y.numel()
-        if show:
+        if sync_free_step:
+            step(x, y)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == n_batches:
+                sums = _read(step, epoch)
+                loss_shown = sums[0].item() / seen  # the epoch's mean so far
+        else:
+            try:
+                result = step(x, y)
+            except NonFiniteLoss as exc:
+                raise NonFiniteLoss(f"{exc} at epoch {epoch + 1} (index {epoch}), step {i}") from None
+            sums += result.stats * torch.tensor([y.numel(), 1.0], device=rt.device)
+            loss_shown = result.loss
+        if show and (not sync_free_step or (i + 1) % cfg.log_every == 0):
             rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{result.loss:.4f}", acc_pct=f"{100 * sums[1].item() / seen:.1f}",
+            bar.set_postfix(loss=f"{loss_shown:.4f}", acc_pct=f"{100 * sums[1].item() / seen:.1f}",
                             img_s=f"{rate:.0f}")
         bar.update(1)
         if stop is not None:
@@ -237,6 +276,15 @@ def train_epoch(cfg: TrainConfig, step: Callable[[Tensor, Tensor], StepResult], 
     seconds = time.perf_counter() - t0
     return {"train_loss": sums[0].item() / max(seen, 1), "train_acc": 100.0 * sums[1].item() / max(seen, 1),
             "images_per_s": seen / max(seconds, 1e-9), "epoch_time_s": seconds}
+
+
+def _read(step: sync_free.SyncFreeStep | sync_free.CapturedStep, epoch: int) -> Tensor:
+    """(loss sum, correct) of a sync-free step so far (one host sync); NonFiniteLoss if it skipped an update."""
+    totals = step.read()
+    if totals.skipped:
+        raise NonFiniteLoss(f"loss became {totals.first_bad_loss} at epoch {epoch + 1} (index {epoch}), step "
+                            f"{totals.first_bad_step} (its update was skipped)")
+    return torch.tensor([totals.loss_sum, totals.correct], dtype=torch.float64)
 
 
 def _diverged(what: str, last_good: Path | None, epoch: int) -> TrainingDiverged:
@@ -321,8 +369,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
             enabled=rt.is_main):
         environment = runinfo.describe(rt.device, amp_dtype=rt.amp_dtype, memory_format=rt.memory_format,
                                        compile=cfg.compile)
+        sync_free.check_supported(cfg, rt.device, rt.amp_dtype, rt.world)
         if rt.is_main:
             print(runinfo.banner("train", environment), flush=True)
+            if cfg.cuda_graph:
+                print(sync_free.describe(rt.device), flush=True)
         saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
         changes = check_resume(saved["config"], cfg, resume_override) if saved is not None else {}
         train_loader, val_loader, model_kwargs = _loaders(cfg, rt)
@@ -339,6 +390,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         log = MetricsLog(out_dir, state.history, run_info, tensorboard=cfg.tensorboard) if rt.is_main else None
         run_start = time.perf_counter()
         checkpoint: dict[str, Any] | None = None  # the newest one written (rank 0)
+        steps: dict[str, Any] = {}  # cuda_graph: the sync-free step (and its CUDA graph) of the current switches
         for epoch in range(state.epoch, cfg.epochs):
             seed_everything(mix_seed(cfg.seed, epoch, rt.rank))
             train_loader.set_epoch(epoch)
@@ -347,7 +399,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
             lr_used = state.optimizer.param_groups[0]["lr"]
             try:
                 metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_used, **train_epoch(
-                    cfg, make_step(cfg, state, epoch, models), train_loader, rt, epoch, stop)}
+                    cfg, make_step(cfg, state, epoch, models, steps), train_loader, rt, epoch, stop)}
             except NonFiniteLoss as exc:
                 raise _diverged(f"{exc}: stopping", last_good, epoch) from None
             state.scheduler.step()
