@@ -8,13 +8,16 @@ gradients during the attack), then the ablation -- the features of fr_fast switc
 inside that same loop, from the reference upward (fused ops, no parameter gradients in the attack,
 channels_last, autocast bf16) -- then the library's real step (``fr_fast.training.train.make_step``, the step
 ``train()`` runs: attack, loss, GradScaler, SGD update; channels_last + autocast bf16), then the same
-with ``torch.compile``. All candidates of one model are timed in alternating rounds in one process
+with ``torch.compile``, then "fr_fast step, CUDA graph": the ``cuda_graph`` step (the presets' FR form,
+fft 2d), warmed up and captured before any timing so that only replays are timed (on the CPU the same
+sync-free step without capture). All candidates of one model are timed in alternating rounds in one process
 (warm-up first) and the median is reported.
 
 MFU: the FLOPs of one fr_fast step (``torch.utils.flop_counter.FlopCounterMode``; the useful work, the
 same for every row) times the measured steps/s, as a fraction of the matmul peak measured in the same
-run (fp32 peak for float32 rows, bf16 peak for autocast rows; the best ``torch.mm`` rate of two sizes,
-before and after the steps). The reference step itself executes more FLOPs (weight gradients in every
+run (bf16 peak for autocast rows; for float32 rows the TF32 peak on CUDA, where cuDNN runs float32
+convolutions in TF32 by default, else the fp32 peak; the best ``torch.mm`` rate of two sizes, before and
+after the steps). On CUDA a GPU-time column (CUDA events around back-to-back steps) sits beside wall time. The reference step itself executes more FLOPs (weight gradients in every
 attack step); that count is reported as well. On CPU, oneDNN's convolutions can beat ``torch.mm``, so an
 MFU above 100 % means the mm "peak" under-estimates the machine, not a counting error.
 
@@ -48,6 +51,7 @@ from fr_fast.config.train_config import TrainConfig  # noqa: E402
 from fr_fast.data import DATASETS, load_dataset, to_float  # noqa: E402
 from fr_fast.models import build_model  # noqa: E402
 from fr_fast.robustness.attacks import ce_loss, perturb, pgd  # noqa: E402
+from fr_fast.training import sync_free  # noqa: E402
 from fr_fast.training.runtime import resolve_amp  # noqa: E402
 from fr_fast.training.state import TrainState  # noqa: E402
 from fr_fast.training.train import make_step  # noqa: E402
@@ -69,17 +73,37 @@ def make_model(name: str, device: str, channels_last: bool, seed: int = 0) -> nn
 
 def make_fast_step(method: str, model: nn.Module, *, eps: float = ref.EPS, alpha: float = ref.ALPHA,
                    steps: int = ref.STEPS, lam: float = ref.LAM, lr: float = 0.01, amp: str = "bf16",
-                   channels_last: bool = True, compile_model: bool = False, compile_mode: str = "default") -> Step:
+                   channels_last: bool = True, compile_model: bool = False, compile_mode: str = "default",
+                   fft: str | None = None, cuda_graph: bool = False) -> Step:
     """fr_fast's training step: the trainer's own :func:`fr_fast.training.train.make_step` for ``method`` + FR.
 
     The config is the trainer's (SGD momentum 0.9, wd 5e-4, GradScaler, FR from the first epoch); the
     model must already be in the matching memory format. Returns ``step(x, y) -> loss``.
     """
     cfg = TrainConfig(method=method, fr="fr", fr_start_epoch=0, lam=lam, eps=eps, alpha=alpha, attack_steps=steps,
-                      lr=lr, amp=amp, channels_last=channels_last, compile=compile_model, compile_mode=compile_mode)
+                      lr=lr, amp=amp, channels_last=channels_last, compile=compile_model, compile_mode=compile_mode,
+                      cuda_graph=cuda_graph, **({} if fft is None else {"fft": fft}))
     state = TrainState(cfg, model, resolve_amp(amp, next(model.parameters()).device))
     step = make_step(cfg, state, epoch=0)
+    if cuda_graph:  # the sync-free step returns nothing (its statistics stay on the device)
+        return step
     return lambda x, y: step(x, y).loss
+
+
+def graph_row(device: str) -> str:
+    return "fr_fast step, CUDA graph" if device == "cuda" else f"fr_fast step, sync-free (no capture on {device})"
+
+
+def graph_candidates(method: str, model_name: str, device: str, x: Tensor,
+                     y: Tensor) -> dict[str, tuple[Step, torch.dtype | None]]:
+    """The ``cuda_graph`` step (the presets' FR form, fft 2d; bf16, channels_last), warmed up and captured here,
+    before any timing: the timed calls are replays (on the CPU: the sync-free step, no capture)."""
+    model = make_model(model_name, device, True)
+    step = make_fast_step(method, model, fft="2d", cuda_graph=True)
+    for _ in range(sync_free.WARMUP_BATCHES + 1):  # eager warm-up batches, then the capture (and a replay)
+        step(x, y)
+    sync(device)
+    return {graph_row(device): (step, torch.bfloat16)}
 
 
 def candidates(method: str, model_name: str, device: str, ablation: bool, with_compile: bool,
@@ -163,6 +187,24 @@ def time_steps(steps: dict[str, Step], x: Tensor, y: Tensor, rounds: int, device
     return compare(fns, rounds=rounds, min_run_time=0.5), f"common.compare, median of {rounds} rounds"
 
 
+def gpu_seconds(fns: dict[str, Callable[[], None]], calls: int, device: str) -> dict[str, float | None]:
+    """GPU seconds per call (CUDA events around ``calls`` back-to-back calls on the current stream; the GPU's
+    idle gaps while it waits for the host count); None off CUDA."""
+    if device != "cuda":
+        return {name: None for name in fns}
+    out = {}
+    for name, fn in fns.items():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        out[name] = start.elapsed_time(end) / 1e3 / calls
+    return out
+
+
 # ------------------------------------------------------------------------------------- FLOPs and peak
 def count_flops(step: Step, x: Tensor, y: Tensor) -> int:
     """FLOPs (matmuls and convolutions, forward and backward) of one call of ``step``."""
@@ -199,7 +241,24 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int) -> float:
 
 
 def measure_peaks(device: str, n: int) -> dict[str, float]:
-    return {"fp32": matmul_peak(device, torch.float32, n), "bf16": matmul_peak(device, torch.bfloat16, n)}
+    """fp32 and bf16 matmul peaks; on CUDA also the TF32 peak (float32 matmuls on tensor cores)."""
+    peaks = {"fp32": matmul_peak(device, torch.float32, n), "bf16": matmul_peak(device, torch.bfloat16, n)}
+    if device == "cuda":
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            peaks["tf32"] = matmul_peak(device, torch.float32, n)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    return peaks
+
+
+def peak_of(dtype: torch.dtype | None, device: str) -> str:
+    """The peak a row's MFU is measured against: bf16 rows against bf16; float32 rows against TF32 on CUDA
+    when cuDNN may run float32 convolutions in TF32 (its default), else against fp32."""
+    if dtype == torch.bfloat16:
+        return "bf16"
+    return "tf32" if device == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
 
 
 # --------------------------------------------------------------------------------- attack strength
@@ -268,16 +327,19 @@ def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> 
     flop_fast = count_flops(make_fast_step(method, fast_model), x[:count_batch], y[:count_batch]) / count_batch
     flop_ref = count_flops(ref.make_step(method, ref_model, ref.make_optimizer(ref_model, lr=0.01)),
                            x[:count_batch], y[:count_batch]) / count_batch
+    steps.update(graph_candidates(method, model_name, args.device, x, y))
     times, how = time_steps({name: fn for name, (fn, _) in steps.items()}, x, y, args.rounds, args.device,
                             args.heavy_rounds)
+    gpu = gpu_seconds({name: (lambda fn=fn: fn(x, y)) for name, (fn, _) in steps.items()}, args.heavy_rounds,
+                      args.device)
     rows = []
     for name, (_, dtype) in steps.items():
         seconds = times[name]
-        peak = peaks["bf16"] if dtype == torch.bfloat16 else peaks["fp32"]
+        peak = peak_of(dtype, args.device)
         rows.append({"model": model_name, "method": f"{method.upper()}+FR", "row": name, "batch": batch,
-                     "step_s": seconds, "images_per_s": batch / seconds,
+                     "step_s": seconds, "gpu_step_s": gpu[name], "images_per_s": batch / seconds,
                      "speedup_vs_reference": times["reference"] / seconds,
-                     "mfu": flop_fast * batch / seconds / peak, "peak": "bf16" if dtype == torch.bfloat16 else "fp32",
+                     "mfu": flop_fast * batch / seconds / peaks[peak], "peak": peak,
                      "model_flops_per_image": flop_fast, "reference_flops_per_image": flop_ref, "timing": how,
                      "check": name == "fr_fast"})
         print(f"{model_name:9} {method.upper()}+FR  {name:<42} {batch / seconds:8.1f} img/s  "
@@ -290,13 +352,17 @@ def markdown_table(info: dict, rows: list[dict], attack: dict | None) -> str:
     lines = [f"Training-step throughput, fr_fast vs reference loop, on {where} ({info['device']}, "
              f"{info['threads']} threads, torch {info['torch']}, backend {info['backend']}, {info['date']}"
              + (f", load average {info['load_average']}" if info.get("load_average") else "") + ").",
-             f"Matmul peak measured in this run: fp32 {info['peak_flops']['fp32'] / 1e9:.0f} GFLOP/s, "
-             f"bf16 {info['peak_flops']['bf16'] / 1e9:.0f} GFLOP/s. Ablation rows switch features on cumulatively "
+             "Matmul peak measured in this run: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in
+                                                              info["peak_flops"].items())
+             + " (float32 rows: against TF32 on CUDA, where cuDNN runs float32 convolutions in TF32). "
+             "GPU ms: CUDA events around back-to-back steps. Ablation rows switch features on cumulatively "
              "inside the reference loop, from the reference upward. PGD-10, eps 8/255, lam 0.1, synthetic 32x32x3.",
-             "", "| model | step | row | batch | img/s | speedup | MFU | GFLOP/img (fr_fast / reference) |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "", "| model | step | row | batch | wall ms | GPU ms | img/s | speedup | MFU | GFLOP/img (fr_fast / "
+             "reference) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['row']} | {r['batch']} | {r['images_per_s']:.1f} | "
+        gpu_ms = "" if r.get("gpu_step_s") is None else f"{1e3 * r['gpu_step_s']:.1f}"
+        lines.append(f"| {r['model']} | {r['method']} | {r['row']} | {r['batch']} | {1e3 * r['step_s']:.1f} | "
+                     f"{gpu_ms} | {r['images_per_s']:.1f} | "
                      f"{r['speedup_vs_reference']:.2f}× | {r['mfu']:.1%} ({r['peak']}) | "
                      f"{r['model_flops_per_image'] / 1e9:.2f} / {r['reference_flops_per_image'] / 1e9:.2f} |")
     if attack:

@@ -156,3 +156,23 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted(tmp_path):
     assert len(metrics[0]) == 3
     _assert_same(*metrics, "metrics.jsonl")
 
+
+
+def test_sigkill_then_resume_is_bit_exact_with_the_sync_free_step(tmp_path):
+    """cuda_graph (the sync-free step on the CPU): killed inside the save of epoch 2, resumed, equal to a run
+    never interrupted (momentum buffers, skipped-update counters and device statistics included)."""
+    graph = ["--cuda_graph", "log_every=1"]
+    reference = tmp_path / "reference"
+    train(load_config(RUN[0], [*RUN[1:], *graph, f"out_dir={reference}"]))
+    run = tmp_path / "killed"
+    p = _Train(run, *graph, "--resume=auto", pause="last.pt@2")
+    p.wait_for(r"pausing inside the save of .*last\.pt")
+    assert p.kill() == -signal.SIGKILL
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    p = _Train(run, *graph, "--resume=auto")
+    assert p.finish() == 0, p.lines
+    assert any("resumed from" in line and "after epoch 1" in line for line in p.lines), p.lines
+    for name in ("last.pt", "best.pt"):
+        _assert_same(_comparable(load_checkpoint(reference / name)), _comparable(load_checkpoint(run / name)), name)
+    metrics = [(folder / "metrics.jsonl").read_text().splitlines() for folder in (reference, run)]
+    _assert_same(*[[json.loads(line) for line in lines] for lines in metrics], "metrics.jsonl")
