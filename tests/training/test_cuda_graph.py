@@ -27,8 +27,8 @@ def no_tf32():
 
 
 def _config(method: str, fr: str, **extra) -> TrainConfig:
-    return TrainConfig(method=method, fr=fr, fr_start_epoch=0, wa_start_epoch=0, lr=0.05, amp="off",
-                       device="cuda", attack_steps=2, **extra)
+    return TrainConfig(**{**dict(method=method, fr=fr, fr_start_epoch=0, wa_start_epoch=0, lr=0.05, amp="off",
+                                 device="cuda", attack_steps=2), **extra})
 
 
 def _state(cfg: TrainConfig) -> TrainState:
@@ -70,6 +70,16 @@ def test_capture_and_replay_train_the_eager_weights(method, fr):
     graphed, step = _run(_config(method, fr, cuda_graph=True), batches)
     assert isinstance(step, sync_free.CapturedStep) and step.graph is not None and step.eager_batches == 1
     assert step.read().steps == len(batches)
+    for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_compiled_model_inside_the_capture():
+    """compile (mode default) inside the captured step: compilation happens in the warm-up batches."""
+    batches = _batches([BATCH] * (sync_free.WARMUP_BATCHES + 2))
+    eager, _ = _run(_config("at", "fr", compile=True), batches)
+    graphed, step = _run(_config("at", "fr", compile=True, cuda_graph=True), batches)
+    assert step.graph is not None
     for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4, msg=name)
 

@@ -5,6 +5,7 @@ a NaN batch skipped on the device and stopping the run, the weights cast once pe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -43,8 +44,8 @@ class CountOps(TorchDispatchMode):
 
 
 def _config(method: str, fr: str, **extra) -> TrainConfig:
-    return TrainConfig(method=method, fr=fr, fr_start_epoch=0, wa_start_epoch=0, lr=0.05, amp="off",
-                       channels_last=False, device="cpu", attack_steps=2, **extra)
+    return TrainConfig(**{**dict(method=method, fr=fr, fr_start_epoch=0, wa_start_epoch=0, lr=0.05, amp="off",
+                                 channels_last=False, device="cpu", attack_steps=2), **extra})
 
 
 def _state(cfg: TrainConfig) -> TrainState:
@@ -188,3 +189,51 @@ def test_autocast_casts_each_weight_once_per_step():
         one_forward = weight_casts(lambda: state.model(x))
     assert one_forward == len(weights)
     assert weight_casts(lambda: step(x, y)) == one_forward  # attack (2 steps) + training forward
+
+
+class _Stream:
+    """Stand-in for torch.cuda.Stream (the CPU has one ordered stream)."""
+
+    def __init__(self, device=None) -> None:
+        pass
+
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def test_captured_step_logic_with_a_stand_in_graph(monkeypatch):
+    """CapturedStep's warm-up, capture, replay and eager last batch, on the CPU: the stand-in for
+    torch.cuda.graph runs the body while "capturing" and then rolls back all it changed (a real capture runs
+    nothing), and a replay runs the body on the static buffers (what a real replay computes)."""
+    cfg = _config("at", "fr", cuda_graph=True)
+    state = _state(cfg)
+    body = make_step(cfg, state, epoch=0)
+    step = sync_free.CapturedStep(body)
+
+    def mutable() -> list[torch.Tensor]:
+        return [*state.model.state_dict().values(), *_momenta(state), body.totals]
+
+    class Graph:
+        def replay(self) -> None:
+            body(*step.static)
+
+    @contextlib.contextmanager
+    def capture(graph):
+        saved, rng = [t.clone() for t in mutable()], torch.get_rng_state()
+        yield
+        for t, before in zip(mutable(), saved):
+            t.copy_(before)
+        torch.set_rng_state(rng)
+
+    for name, value in dict(CUDAGraph=Graph, graph=capture, Stream=_Stream, current_stream=_Stream,
+                            stream=lambda s: contextlib.nullcontext()).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    batches = _batches(sync_free.WARMUP_BATCHES + 3)
+    batches.append((batches[-1][0][:3], batches[-1][1][:3]))  # the smaller last batch
+    torch.manual_seed(2)
+    for x, y in batches:
+        step(x, y)
+    assert step.graph is not None and step.eager_batches == 1 and step.read().steps == len(batches)
+    eager = _run(_config("at", "fr"), batches)
+    for (name, a), b in zip(eager.model.state_dict().items(), state.model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0, msg=name)
