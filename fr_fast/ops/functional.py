@@ -88,8 +88,12 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         By Parseval, l2 equals sqrt(C)·‖a − b‖₂ and cosine equals 1 − cos(a, b) in logit space, so both
         are computed without a DFT.
     reduction : "mean" (the paper's 1/n Σ_i), "sum" or "none" (a (B,) tensor).
-    fft : "1d" (DFT over classes, the paper's text) or "2d" (the authors' code: a 2-D DFT over the whole
-        (B, C) matrix, L1 averaged over all 2·B·C real and imaginary parts; l1 only, no "none").
+    fft : "1d" (DFT over classes: Eq. 2 as printed) or "2d" (the authors' code: one 2-D DFT over the whole
+        (B, C) matrix, L1 averaged over all 2·B·C real and imaginary parts; one value, no "none"). The
+        published numbers were produced with "2d" (the trainer's default, ``TrainConfig.fft``); "1d" is
+        ~2C/sqrt(B) times stronger at the same lam. The 2-D l2 and cosine are our definitions (the
+        authors publish none), in ``reference.fr_loss``; by Parseval l2 is sqrt(BC)·‖a − b‖_F ("sum") or
+        ‖a − b‖_F / sqrt(2) ("mean") and cosine is 1 − cos(vec a, vec b), computed without a DFT.
 
     Returns
     -------
@@ -103,14 +107,16 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     if teacher_logits.dim() != 2:
         raise ValueError(f"fr_loss expects (batch, classes) logits, got shape {tuple(teacher_logits.shape)}")
     _check_pair("fr_loss", ("teacher_logits", teacher_logits), ("adv_logits", adv_logits))
-    if fft == "2d" and (distance != "l1" or reduction == "none"):
-        raise ValueError("fft='2d' (the authors' code) supports distance='l1' with reduction 'mean' or 'sum' only")
+    if fft == "2d" and reduction == "none":
+        raise ValueError("fft='2d' gives one value for the batch: use reduction 'mean' or 'sum'")
     dtype = teacher_logits.dtype
     if adv_logits.dtype != dtype:
         dtype = torch.promote_types(dtype, adv_logits.dtype)
         teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
+    if fft == "2d" and distance != "l1":
+        return _fr_2d_parseval(teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), distance, reduction)
     if fft == "2d" or distance == "l2":
         diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
         if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
@@ -125,6 +131,15 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     if _fused(device) and (device.type != "cuda" or teacher_logits.shape[-1] <= MAX_CUDA_FUSED_CLASSES):
         return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
     return reference.fr_loss(teacher_logits, adv_logits, "l1", reduction, "1d")
+
+
+def _fr_2d_parseval(teacher: Tensor, adv: Tensor, distance: str, reduction: str) -> Tensor:
+    """The 2-D l2 / cosine FR terms of ``reference.fr_loss`` in closed form (Parseval: ‖F2 d‖² = BC‖d‖²,
+    Re<F2 a, F2 b> = BC<a, b>), without a DFT."""
+    if distance == "l2":
+        norm = (teacher - adv).norm()
+        return norm / math.sqrt(2.0) if reduction == "mean" else norm * math.sqrt(teacher.numel())
+    return 1.0 - torch.nn.functional.cosine_similarity(teacher.flatten(), adv.flatten(), dim=0, eps=1e-8)
 
 
 class FRLoss(torch.nn.Module):

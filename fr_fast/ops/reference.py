@@ -37,14 +37,24 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1",
       l2:     sqrt(sum_k |A_k - Bv_k|^2)                 (Euclidean norm of the complex difference)
       cosine: 1 - <A, Bv> / (|A| |Bv|) on the spectra seen as real 2C-vectors [Re, Im]
     reduced over the batch by ``reduction`` ("mean" = the paper's 1/n sum_i).
-    ``fft="2d"`` (the authors' public code): one 2-D DFT over the whole (B, C) matrix and the l1 distance
-    averaged over all B*C*2 real and imaginary parts ("mean") or summed ("sum").
+    ``fft="2d"`` (the authors' public code): one 2-D DFT over the whole (B, C) matrix, D = F2 a - F2 b,
+    and one value for the batch ("none" is not defined):
+      l1:     the authors' distance: |Re D| and |Im D| averaged over all 2BC parts ("mean") or summed ("sum")
+      l2:     our definition (the authors publish no 2-D l2): the Euclidean norm of D taken over its 2BC real
+              parts ("sum"), or their root mean square ||D|| / sqrt(2BC) ("mean", the l1 "mean"'s scale)
+      cosine: our definition: 1 - cos between F2 a and F2 b seen as real 2BC-vectors ("mean" = "sum")
     """
     spec_a, spec_b = _spectrum(teacher_logits, fft), _spectrum(adv_logits, fft)
     diff = spec_a - spec_b
     if fft == "2d":
-        parts = torch.cat([diff.real.abs(), diff.imag.abs()], dim=-1)
-        return parts.mean() if reduction == "mean" else parts.sum()
+        parts = torch.view_as_real(diff).flatten()
+        if distance == "l1":
+            return parts.abs().mean() if reduction == "mean" else parts.abs().sum()
+        if distance == "l2":
+            norm = parts.norm()
+            return norm / parts.numel() ** 0.5 if reduction == "mean" else norm
+        real_a, real_b = torch.view_as_real(spec_a).flatten(), torch.view_as_real(spec_b).flatten()
+        return 1.0 - torch.nn.functional.cosine_similarity(real_a, real_b, dim=0, eps=1e-8)
     if distance == "l1":
         per_example = diff.real.abs().sum(-1) + diff.imag.abs().sum(-1)
     elif distance == "l2":

@@ -235,3 +235,25 @@ def test_paper_presets_have_the_authors_fr_strength(preset, classes, authors_lam
 def test_cpu_presets_say_which_fr_form_they_use():
     text = (CONFIG_DIRS[0] / "mnist_cnn_at.yaml").read_text()
     assert "fft: 1d" in text and load_config("fashion_mnist_cnn_at_fr").fft == "1d"
+
+
+@pytest.mark.parametrize("fft", ["1d", "2d"])
+@pytest.mark.parametrize("distance", ["l1", "l2", "cosine"])
+def test_every_fr_distance_runs_in_both_forms(distance, fft):
+    cfg = TrainConfig(fr="fr", distance=distance, fft=fft)
+    assert (cfg.distance, cfg.fft) == (distance, fft)
+
+
+def test_fr_term_is_checked_when_the_config_is_read(monkeypatch):
+    import fr_fast.config.train_config as tc
+
+    def unsupported(teacher, adv, distance="l1", reduction="mean", fft="1d"):
+        if distance == "cosine" and fft == "2d":
+            raise ValueError("not supported here")
+        return (teacher - adv).abs().mean()
+
+    monkeypatch.setattr(tc, "fr_loss", unsupported)
+    TrainConfig(fr="fr", distance="cosine", fft="1d")
+    TrainConfig(fr="none", distance="cosine", fft="2d")  # no FR: nothing to run
+    with pytest.raises(ValueError, match="distance='cosine', fft='2d' cannot run: not supported here"):
+        TrainConfig(fr="fr", distance="cosine", fft="2d")

@@ -106,6 +106,34 @@ def test_fr_loss_2d_matches_authors_formulation(reduction):
     assert torch.autograd.gradcheck(lambda x, y: fr_fast.fr_loss(x, y, fft="2d", reduction=reduction), (a[:3], b[:3]))
 
 
+def _fr_2d_by_fft(a, b, distance, reduction):
+    """The 2-D l2 / cosine definitions written out with torch.fft (independent of fr_fast.ops.reference)."""
+    spec_a, spec_b = torch.view_as_real(torch.fft.fft2(a)).flatten(), torch.view_as_real(torch.fft.fft2(b)).flatten()
+    if distance == "l2":
+        sq = ((spec_a - spec_b) ** 2).sum()
+        return (sq / spec_a.numel()).sqrt() if reduction == "mean" else sq.sqrt()
+    return 1.0 - (spec_a * spec_b).sum() / (spec_a.norm() * spec_b.norm())
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("shape", [(16, 10), (5, 100), (3, 7)])
+def test_fr_loss_2d_l2_and_cosine_match_their_fft_definition(distance, reduction, shape):
+    a = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    expected = _fr_2d_by_fft(a, b, distance, reduction)
+    for value in (fr_fast.fr_loss(a, b, distance, reduction, fft="2d"),  # Parseval closed form
+                  reference.fr_loss(a, b, distance, reduction, fft="2d")):
+        _close(value, expected, 1e-12)
+        for grad, expected_grad in zip(torch.autograd.grad(value, (a, b), retain_graph=True),
+                                       torch.autograd.grad(expected, (a, b), retain_graph=True)):
+            _close(grad, expected_grad, 1e-10)
+    # float32 inputs: the closed form stays float32 and close to the float64 definition
+    value32 = fr_fast.fr_loss(a.detach().float(), b.detach().float(), distance, reduction, fft="2d")
+    assert value32.dtype == torch.float32
+    _close(value32, expected.detach(), 1e-5)
+
+
 def test_fr_loss_of_identical_logits_is_zero_with_zero_gradient():
     a = torch.randn(5, 10, requires_grad=True)
     for distance in ("l1", "l2", "cosine"):
@@ -144,6 +172,7 @@ def test_fr_loss_module_scales_by_lambda():
         (lambda: fr_fast.fr_loss(torch.randn(4, 10), torch.randn(4, 10), reduction="max"), "unknown reduction"),
         (lambda: fr_fast.fr_loss(torch.randn(4, 10), torch.randn(4, 10), fft="3d"), "unknown fft"),
         (lambda: fr_fast.fr_loss(torch.randn(4, 10), torch.randn(4, 10), fft="2d", reduction="none"), "2d"),
+        (lambda: fr_fast.fr_loss(torch.randn(4, 10), torch.randn(4, 10), "cosine", "none", "2d"), "one value"),
         (lambda: fr_fast.fr_loss([1.0], torch.randn(4, 10)), "torch.Tensor"),
     ],
 )
