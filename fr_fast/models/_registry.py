@@ -5,12 +5,14 @@ from typing import Callable, Sequence
 
 import torch.nn as nn
 
+from .head import has_head
 from .low_pass import LowPass
 from .normalize import Normalize
 
 ModelFactory = Callable[..., nn.Module]
 
-# name -> factory(num_classes, in_channels, **kwargs) returning the bare network (no Normalize).
+# name -> factory(num_classes, in_channels, **kwargs) returning the bare network (no Normalize), whose last
+# layer is a ClassifierHead (float32 logits under autocast).
 _MODELS: dict[str, ModelFactory] = {}
 
 
@@ -77,6 +79,9 @@ def build_model(
         network = _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     except TypeError as err:  # unknown architecture kwarg: name the model, not the internal class
         raise ValueError(f"bad options {sorted(kwargs)} for model {name!r}: {err}") from err
+    if not has_head(network):
+        raise ValueError(f"model {name!r} does not mark its last layer: build its classifier with "
+                         "fr_fast.models.ClassifierHead (a Linear that stays float32 under autocast)")
     normalize = Normalize(
         0.0 if mean is None else mean, 1.0 if std is None else std, channels=in_channels
     )

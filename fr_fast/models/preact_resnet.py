@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
+from .head import ClassifierHead
 
 
 class PreActBlock(nn.Module):
@@ -49,7 +50,7 @@ class PreActResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(512)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = ClassifierHead(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.layers(self.conv1(x))))

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
+from .head import ClassifierHead
 
 
 class BasicBlock(nn.Module):
@@ -67,7 +68,7 @@ class ResNet(nn.Module):
                 cin = planes * block.expansion
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(cin, num_classes)
+        self.linear = ClassifierHead(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))

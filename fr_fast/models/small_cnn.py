@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ._registry import register_model
+from .head import ClassifierHead
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -35,7 +36,7 @@ class SmallCNN(nn.Module):
             _conv_bn_relu(2 * width, 4 * width),
             nn.AdaptiveAvgPool2d(1),
         )
-        self.classifier = nn.Linear(4 * width, num_classes)
+        self.classifier = ClassifierHead(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._registry import register_model
+from .head import ClassifierHead
 from .preact_resnet import PreActBlock
 
 
@@ -36,7 +37,7 @@ class WideResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(cin, num_classes)
+        self.linear = ClassifierHead(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.layers(self.conv1(x))))

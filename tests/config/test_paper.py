@@ -8,7 +8,7 @@ import pytest
 
 from fr_fast.cli.train import main as train_main
 from fr_fast.config import paper
-from fr_fast.config.train_config import config_to_dict
+from fr_fast.config.train_config import CONFIG_DIRS, config_to_dict, load_config
 
 TABLES, ROWS = paper.load_paper()
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "presets.md"
@@ -109,3 +109,14 @@ def test_paper_row_is_not_a_training_change_on_resume():
     cfg = paper.row_config("t6-at-fr")
     assert resume_changes(config_to_dict(cfg), dataclasses.replace(cfg, paper_row=None)) == {}
     assert "lam" in resume_changes(config_to_dict(cfg), dataclasses.replace(cfg, lam=0.2))
+
+
+def test_paper_rows_and_gpu_presets_train_in_float32():
+    from fr_fast.config.paper import load_paper, row_config
+    for row in load_paper()[1]:
+        assert row_config(row.id, ["--out_dir=/tmp/unused"]).amp == "off", row.id
+    for preset in sorted(CONFIG_DIRS[0].glob("*.yaml")):
+        if preset.name == "paper.yaml" or preset.name.startswith(("mnist", "fashion_mnist")):
+            continue
+        assert load_config(preset, ["--out_dir=/tmp/unused"]).amp == "off", preset.name
+    assert row_config("t6-at-fr", ["--amp=bf16", "--out_dir=/tmp/unused"]).amp == "bf16"  # the speed switch

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import fr_fast
+
 from fr_fast.models import Normalize, build_model, list_models
 
 SMALL = ["small_cnn", "preact_resnet18", "resnet18"]
@@ -191,3 +193,56 @@ def test_low_pass_layer_passes_gradients_and_keeps_the_memory_format():
         LowPass(0)
     with pytest.raises(ValueError, match="bandwidth must be in"):
         LowPass(20)(torch.rand(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_marks_a_float32_head(name):
+    from fr_fast.models.head import ClassifierHead, has_head
+    from fr_fast.models._registry import _MODELS
+    with torch.device("meta"):  # no memory for the large ones
+        network = _MODELS[name](num_classes=3, in_channels=1)
+    assert has_head(network)
+    heads = [m for m in network.modules() if isinstance(m, ClassifierHead)]
+    assert len(heads) == 1 and heads[0].out_features == 3
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_logits_are_float32_under_bf16_autocast(name):
+    model = build_model(name, num_classes=10).eval()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        logits = model(torch.rand(2, 3, 32, 32))
+    assert logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("classes", [10, 100, 200])
+def test_fr_gradient_through_the_head_under_bf16_matches_float32(classes):
+    """Same (bf16-representable) features: the FR gradient of the marked head under bf16 autocast equals the
+    float32 one, while a plain Linear (bf16 logits) is off by far more than the 12-15 % of rounding logits."""
+    from fr_fast.models.head import ClassifierHead
+    torch.manual_seed(classes)
+    head = ClassifierHead(512, classes)
+    plain = torch.nn.Linear(512, classes)
+    plain.load_state_dict(head.state_dict())
+    teacher = (2 * torch.rand(128, 512)).bfloat16().float()
+    adv = (teacher + 0.05 * torch.randn_like(teacher)).bfloat16().float()
+
+    def fr_grad(layer, amp):
+        layer.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            loss = fr_fast.fr_loss(layer(teacher), layer(adv), fft="2d")
+        loss.backward()  # outside autocast, as the trainer does
+        return layer.weight.grad.clone()
+
+    exact = fr_grad(head, amp=False)
+    error = lambda g: ((g - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert error(fr_grad(head, amp=True)) < 1e-3
+    assert error(fr_grad(plain, amp=True)) > 0.1  # the control: bf16 logits
+
+
+def test_unmarked_model_is_rejected(monkeypatch):
+    from fr_fast.models import _registry
+    monkeypatch.setitem(_registry._MODELS, "bare_linear",
+                        lambda num_classes, in_channels: torch.nn.Sequential(torch.nn.Flatten(),
+                                                                             torch.nn.LazyLinear(num_classes)))
+    with pytest.raises(ValueError, match="ClassifierHead"):
+        build_model("bare_linear", num_classes=10)

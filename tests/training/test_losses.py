@@ -201,3 +201,20 @@ def test_fr_term_is_lam_times_fr_loss_on_one_process():
     a, b = torch.randn(8, 10), torch.randn(8, 10)
     for fft in ("1d", "2d"):
         torch.testing.assert_close(make_fr(0.3, "l1", fft)(a, b), 0.3 * fr_fast.fr_loss(a, b, fft=fft))
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2", "cosine"])
+def test_fr_term_runs_in_float32_under_bf16_autocast(distance):
+    torch.manual_seed(0)
+    teacher = torch.randn(32, 10).bfloat16()
+    adv = (teacher.float() + 0.05 * torch.randn(32, 10)).bfloat16().requires_grad_()
+    term = make_fr(0.1, distance, "2d")
+    with torch.autocast("cpu", torch.bfloat16):
+        value = term(teacher, adv)
+    value.backward()
+    adv32 = adv.detach().float().requires_grad_()
+    expected = 0.1 * fr_fast.fr_loss(teacher.float(), adv32, distance, fft="2d")
+    expected.backward()
+    assert value.dtype == torch.float32
+    assert torch.equal(value.detach(), expected.detach())
+    assert torch.allclose(adv.grad.float(), adv32.grad.bfloat16().float())
