@@ -40,6 +40,9 @@ REFERENCE_ATTACK_MODES = {"natural": "train", "at": "train", "trades": "eval", "
 # TRADES-AWP: --awp-gamma 0.005, --awp-warmup 10 tested as `epoch >= 10` on 1-based epochs (AWP from the
 # 10th epoch = index 9), proxy SGD at the initial lr. AT-AWP: gamma 0.01, no warm-up, proxy lr 0.01.
 AWP_DEFAULTS = {"at": (0.01, 0, 0.01), "trades": (0.005, 9, None)}
+# AT-AWP's SVHN script (train_svhn.py) warms up for 5 epochs (`epoch >= 5` on 0-based epochs); its CIFAR
+# scripts for 0.
+AWP_SVHN_WARMUP = {"at": 5}
 # Presets: the repository's configs/ (source checkout, editable install) or the copy shipped inside the
 # package as fr_fast/configs (plain `pip install .`).
 CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parents[2] / "configs",  # source tree
@@ -128,8 +131,9 @@ class TrainConfig:
                             "method's reference code: AT train, TRADES/MART eval; the FR authors' code: eval)")
     awp_gamma: Union[float, None] = knob(None, "AWP weight perturbation size; null = the AWP code's: 0.01 "
                                          "(AWP on AT), 0.005 (AWP on TRADES)")
-    awp_warmup: Union[int, None] = knob(None, "first epoch index with AWP; null = the AWP code's: 0 (AWP on AT), "
-                                        "9 (AWP on TRADES; its code counts epochs from 1: the 10th)")
+    awp_warmup: Union[int, None] = knob(None, "first epoch index with AWP; null = the AWP code's: 0 (AWP on AT; "
+                                        "5 on SVHN, its train_svhn.py), 9 (AWP on TRADES; its code counts epochs "
+                                        "from 1: the 10th)")
     awp_proxy_lr: Union[float, None] = knob(None, "lr of AWP's proxy ascent step; null = the AWP code's: 0.01 "
                                             "(AWP on AT), the initial lr (AWP on TRADES)")
     # speed
@@ -259,8 +263,11 @@ class TrainConfig:
         return REFERENCE_ATTACK_MODES[self.awp_base if self.method == "awp" else self.method]
 
     def resolved_awp(self) -> tuple[float, int, float]:
-        """(gamma, first epoch index with AWP, proxy lr): the fields, or the AWP code's defaults for awp_base."""
+        """(gamma, first epoch index with AWP, proxy lr): the fields, or the AWP code's defaults for awp_base
+        (and, for the warm-up, its SVHN script: 5 epochs for AT-AWP on SVHN)."""
         gamma, warmup, proxy_lr = AWP_DEFAULTS[self.awp_base]
+        if self.dataset == "svhn":
+            warmup = AWP_SVHN_WARMUP.get(self.awp_base, warmup)
         return (gamma if self.awp_gamma is None else self.awp_gamma,
                 warmup if self.awp_warmup is None else self.awp_warmup,
                 (proxy_lr if proxy_lr is not None else self.lr) if self.awp_proxy_lr is None else self.awp_proxy_lr)

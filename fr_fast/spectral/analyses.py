@@ -10,6 +10,7 @@ The Fourier primitives live in :mod:`fr_fast.spectral.fourier` (conventions ther
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -58,6 +59,7 @@ def filtered_accuracy(
     *,
     n_images: int | None = None,
     progress: bool = False,
+    hpf: str = "paper",
 ) -> dict[int, float]:
     """Accuracy of ``model`` on low- or high-pass filtered inputs (paper Table 1).
 
@@ -73,6 +75,9 @@ def filtered_accuracy(
         Low-pass (keep the centred square) or high-pass (remove it); filtered images are clipped.
     n_images : int, optional
         Use only the first ``n_images`` images of the loader.
+    hpf : {"paper", "complement"}
+        High-pass definition (:func:`fr_fast.spectral.fourier.high_pass`); "paper" keeps the centre of the
+        unshifted spectrum as sec. 3 defines it.
 
     Returns
     -------
@@ -81,7 +86,7 @@ def filtered_accuracy(
     if mode not in ("low", "high"):
         raise ValueError(f"mode must be 'low' or 'high', got {mode!r}")
     bws = _check_bandwidths(bandwidths)
-    filt = low_pass if mode == "low" else high_pass
+    filt = low_pass if mode == "low" else functools.partial(high_pass, definition=hpf)
     device = model_device(model)
     correct = dict.fromkeys(bws, 0)
     total = 0
@@ -201,12 +206,14 @@ def perturbation_band_accuracy(
     alpha: float | None = None,
     steps: int = 20,
     progress: bool = False,
+    hpf: str = "paper",
 ) -> dict[str, object]:
     """Aggressiveness of perturbation bands (paper Fig. 3).
 
     For each batch the attack runs once; its perturbation ``delta`` is low- or high-pass filtered
     (``clip=False``) at every bandwidth and the model is evaluated on ``clip(x + filtered delta,
-    0, 1)``. The filtered ``delta`` may exceed ``eps`` in L-inf norm, as in the paper.
+    0, 1)``. The filtered ``delta`` may exceed ``eps`` in L-inf norm, as in the paper. ``hpf``: the
+    high-pass definition, "paper" (sec. 3, Fig. 3) or "complement" (identity - LPF).
 
     Returns
     -------
@@ -231,7 +238,8 @@ def perturbation_band_accuracy(
         counts["robust"] += _n_correct(model, x_adv, y)
         for k in bws:
             bands["lpf_delta"][k] += _n_correct(model, (x + low_pass(delta, k, clip=False)).clamp(0, 1), y)
-            bands["hpf_delta"][k] += _n_correct(model, (x + high_pass(delta, k, clip=False)).clamp(0, 1), y)
+            high = high_pass(delta, k, clip=False, definition=hpf)
+            bands["hpf_delta"][k] += _n_correct(model, (x + high).clamp(0, 1), y)
             bands["lpf_input"][k] += _n_correct(model, low_pass(x, k), y)
         total += x.shape[0]
     if total == 0:

@@ -36,6 +36,7 @@ from fr_fast.runs.checkpoint import checkpoint_data_dir, load_model
 from fr_fast.runs.runfolder import ensure_writable_dir
 from fr_fast.spectral import analyses as sp
 from fr_fast.spectral import plots
+from fr_fast.spectral.fourier import HPF_DEFINITIONS
 from fr_fast.utils.progress import Progress
 
 ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
@@ -94,6 +95,8 @@ class AnalyzeOptions:
     heatmap_norm: float = knob(4.0, "L2 norm v of the Fourier basis noise")
     bandwidths: Union[list[int], None] = knob(None, "bandwidths to sweep (null: 4, 8, ..., image size)")
     panel_bandwidth: int = knob(8, "LPF/HPF bandwidth of the panel figure")
+    hpf: str = knob("paper", "high-pass definition: paper (sec. 3: keep the k x k centre of the unshifted "
+                    "spectrum, the highest frequencies; Fig. 3) | complement (identity - LPF)")
     panel_images: int = knob(4, "images in the panel figure")
     eps: Union[float, None] = knob(None, "L-inf radius of the attack (null: the checkpoint's eps)")
     steps: int = knob(20, "PGD steps (paper: 20)")
@@ -128,6 +131,8 @@ def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
     returns {"meta", "low_pass", "high_pass", "bands", "spectra", "heatmaps", "written"} (written: the files)."""
     if not args.out:
         raise ValueError("--out is required: the folder for the figures and tables")
+    if args.hpf not in HPF_DEFINITIONS:
+        raise ValueError(f"--hpf must be one of {', '.join(HPF_DEFINITIONS)}, got {args.hpf!r}")
     out = ensure_writable_dir(args.out, "--out folder")  # before any computation
     require("matplotlib", "fr-fast analyze (its figures)")  # before minutes of analysis, not after
     what = _parse_what(args.what)
@@ -160,17 +165,18 @@ def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
         attack = _MemoAttack(eps, eps / 4, args.steps)
         loader = DataLoader(Subset(test, range(min(args.n_images, len(test)))), batch_size=args.batch_size)
         meta[name] = {"checkpoint": str(path), "dataset": cfg["dataset"], "model": cfg.get("model"),
-                      "eps": eps, "pgd_steps": args.steps, "pgd_alpha": eps / 4, "bandwidths": bws,
+                      "eps": eps, "pgd_steps": args.steps, "pgd_alpha": eps / 4, "bandwidths": bws, "hpf": args.hpf,
                       "n_images": min(args.n_images, len(test)), "runtime": environment}
 
         if "lpf" in what:
             stages.set_description(f"analyze {name}: lpf")
             low[name] = sp.filtered_accuracy(model, loader, bws, "low", progress=show)
-            high[name] = sp.filtered_accuracy(model, loader, bws, "high", progress=show)
+            high[name] = sp.filtered_accuracy(model, loader, bws, "high", progress=show, hpf=args.hpf)
             stages.update(1)
         if "bands" in what:
             stages.set_description(f"analyze {name}: bands")
-            bands[name] = sp.perturbation_band_accuracy(model, loader, eps, bws, attack=attack, progress=show)
+            bands[name] = sp.perturbation_band_accuracy(model, loader, eps, bws, attack=attack, progress=show,
+                                                        hpf=args.hpf)
             stages.update(1)
         if "spectrum" in what or "panel" in what:
             stages.set_description(f"analyze {name}: spectrum")

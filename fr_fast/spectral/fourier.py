@@ -18,9 +18,13 @@ Conventions (shared by the filters here, the analyses in :mod:`fr_fast.spectral.
   because of this, ``low_pass(x, k, clip=False) + high_pass(x, k, clip=False) == x`` exactly
   (up to float error) for every ``k``.
 
-Note on the paper: its prose calls the HPF "the centre patch of the *unshifted* spectrum";
-we follow the standard (Yin et al.) definition in which HPF removes the centred low-frequency
-square of the shifted spectrum, i.e. HPF = identity - LPF.
+* High-pass filters come in two definitions (``definition`` of :func:`high_pass`):
+  ``"paper"`` -- sec. 3 of the paper: "after a FFT, only the k x k patch in the center (viz. high
+  frequencies) is preserved": the centred ``k x k`` square of the *unshifted* spectrum, i.e. the
+  highest frequencies around Nyquist; ``k = H = W`` keeps every frequency, small ``k`` keeps only
+  the highest. The analyses use it (Fig. 3: HPF accuracy falls as the bandwidth grows).
+  ``"complement"`` -- identity - LPF(k): everything outside the centred low-frequency square of the
+  shifted spectrum (``k = H = W`` gives zeros); then ``low_pass + high_pass == x``.
 """
 from __future__ import annotations
 
@@ -82,12 +86,28 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _filter(x: Tensor, bandwidth: int, keep_low: bool, clip: bool) -> Tensor:
+@lru_cache(maxsize=64)
+def _centre_mask_unshifted(h: int, w: int, k: int, device: str) -> Tensor:
+    # The paper's HPF: the centred k x k square of the spectrum in the FFT's own (unshifted) order.
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    r0, r1 = _square_bounds(h, k)
+    c0, c1 = _square_bounds(w, k)
+    mask[r0:r1, c0:c1] = True
+    return mask.to(device)
+
+
+HPF_DEFINITIONS = ("paper", "complement")
+
+
+def _filter(x: Tensor, bandwidth: int, keep: str, clip: bool) -> Tensor:
     h, w = _check_image(x)
     k = _check_bandwidth(bandwidth, h, w)
-    mask = _low_mask_unshifted(h, w, k, str(x.device))
-    if not keep_low:
-        mask = ~mask
+    if keep == "paper":
+        mask = _centre_mask_unshifted(h, w, k, str(x.device))
+    else:
+        mask = _low_mask_unshifted(h, w, k, str(x.device))
+        if keep == "complement":
+            mask = ~mask
     spec = torch.fft.fft2(x.to(_compute_dtype(x)), dim=(-2, -1))
     out = torch.fft.ifft2(spec * mask, dim=(-2, -1)).real
     if clip:
@@ -112,16 +132,20 @@ def low_pass(x: Tensor, bandwidth: int, *, clip: bool = True) -> Tensor:
     -------
     Tensor, same shape and dtype as ``x``.
     """
-    return _filter(x, bandwidth, keep_low=True, clip=clip)
+    return _filter(x, bandwidth, "low", clip=clip)
 
 
-def high_pass(x: Tensor, bandwidth: int, *, clip: bool = True) -> Tensor:
-    """Remove the centred ``bandwidth x bandwidth`` low-frequency square of each channel.
+def high_pass(x: Tensor, bandwidth: int, *, clip: bool = True, definition: str = "complement") -> Tensor:
+    """High-pass filter each channel; shapes, ranges and the bandwidth rule are those of :func:`low_pass`.
 
-    ``high_pass(x, k, clip=False) == x - low_pass(x, k, clip=False)``. Shapes, ranges and the
-    bandwidth rule are those of :func:`low_pass`; ``k = H = W`` gives all zeros.
+    ``definition="complement"``: remove the centred ``k x k`` low-frequency square,
+    ``high_pass(x, k, clip=False) == x - low_pass(x, k, clip=False)``; ``k = H = W`` gives zeros.
+    ``definition="paper"`` (sec. 3): keep only the centred ``k x k`` square of the unshifted spectrum (the
+    highest frequencies); ``k = H = W`` returns ``x``. The module docstring has both.
     """
-    return _filter(x, bandwidth, keep_low=False, clip=clip)
+    if definition not in HPF_DEFINITIONS:
+        raise ValueError(f"unknown high-pass definition {definition!r}; expected one of {', '.join(HPF_DEFINITIONS)}")
+    return _filter(x, bandwidth, definition, clip=clip)
 
 
 def centered_spectrum(x: Tensor) -> Tensor:

@@ -45,7 +45,9 @@ def test_rows_follow_the_paper_settings():
     assert (t7.method, t7.fr, t7.dataset, t7.weight_decay, t7.trades_beta) == ("trades", "fr", "cifar100", 2e-4, 6.0)
     svhn_awp = paper.row_config("t5-awp-frwa")
     assert (svhn_awp.lr, svhn_awp.epochs, svhn_awp.lr_milestones, svhn_awp.fr) == (0.01, 200, [100, 150], "frwa")
-    assert svhn_awp.resolved_awp() == (0.01, 0, 0.01)
+    assert svhn_awp.resolved_awp() == (0.01, 5, 0.01)  # AT-AWP's train_svhn.py warms up for 5 epochs
+    assert paper.row_config("t6-awp-frwa").resolved_awp() == (0.01, 0, 0.01)  # its CIFAR scripts do not
+    assert paper.row_config("t5-awp", ["--awp_warmup=0"]).resolved_awp()[1] == 0
     svhn = paper.row_config("t2-svhn-at-fr")
     assert (svhn.lr, svhn.epochs, svhn.lr_milestones) == (0.01, 30, [15, 25])
     assert paper.row_config("t1-tinyimagenet-lmodel").low_pass_bandwidth == 32

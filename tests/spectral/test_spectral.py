@@ -1,4 +1,6 @@
 """Tests of fr_fast.spectral.analyses: filters, perturbation analyses, Fourier heat maps and plots."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,29 @@ def test_full_bandwidth_keeps_everything(n):
     assert sp.high_pass(x, n, clip=False).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 1, 7, 7), (2, 2, 6, 9)])
+def test_paper_high_pass_keeps_the_centre_of_the_unshifted_spectrum(shape):
+    """Sec. 3: "after a FFT, only the k x k patch in the center (viz. high frequencies) is preserved"."""
+    torch.manual_seed(0)
+    x = torch.rand(shape, dtype=torch.float64)
+    h, w = shape[-2:]
+    spec = np.fft.fft2(x.numpy(), axes=(-2, -1))
+    for k in range(1, min(h, w) + 1):
+        mask = np.zeros((h, w), dtype=bool)
+        mask[h // 2 - k // 2: h // 2 - k // 2 + k, w // 2 - k // 2: w // 2 - k // 2 + k] = True  # no fftshift
+        ref = np.real(np.fft.ifft2(spec * mask, axes=(-2, -1)))
+        out = sp.high_pass(x, k, clip=False, definition="paper")
+        np.testing.assert_allclose(out.numpy(), ref, atol=1e-12)
+    if h == w:  # the full bandwidth keeps everything; k = 1 on an even side keeps only the Nyquist checkerboard
+        torch.testing.assert_close(sp.high_pass(x, h, clip=False, definition="paper"), x)
+    if h == w and h % 2 == 0:
+        out = sp.high_pass(x, 1, clip=False, definition="paper")
+        checker = torch.tensor([[(-1.0) ** (i + j) for j in range(w)] for i in range(h)], dtype=torch.float64)
+        torch.testing.assert_close(out / out[..., :1, :1], checker.expand_as(out))
+    with pytest.raises(ValueError, match="high-pass definition"):
+        sp.high_pass(x, 2, definition="shifted")
+
+
 def test_low_pass_of_bandwidth_one_is_the_image_mean():
     x = torch.rand(2, 3, 8, 8)
     out = sp.low_pass(x, 1)
@@ -132,8 +157,10 @@ def test_filtered_accuracy_matches_manual_evaluation():
     x = torch.rand(10, 1, 8, 8)
     y = torch.randint(0, 3, (10,))
     loader = [(x[:4], y[:4]), (x[4:], y[4:])]
-    for mode, fn in (("low", sp.low_pass), ("high", sp.high_pass)):
-        acc = sp.filtered_accuracy(model, loader, [2, 4, 8], mode=mode, n_images=7)
+    paper_hpf = functools.partial(sp.high_pass, definition="paper")
+    for mode, hpf, fn in (("low", "paper", sp.low_pass), ("high", "complement", sp.high_pass),
+                          ("high", "paper", paper_hpf)):
+        acc = sp.filtered_accuracy(model, loader, [2, 4, 8], mode=mode, n_images=7, hpf=hpf)
         for k in (2, 4, 8):
             with torch.no_grad():
                 expect = (model(fn(x[:7], k)).argmax(1) == y[:7]).float().mean().item()
@@ -163,8 +190,10 @@ def test_perturbation_spectrum_of_a_known_perturbation():
     torch.testing.assert_close(res.spectra, expect.expand(3, h, w), atol=1e-4, rtol=0)
 
 
-def test_band_accuracy_with_a_constant_perturbation():
-    # a constant delta lives only at DC: every low-pass keeps it, every high-pass removes it
+@pytest.mark.parametrize("hpf", ["paper", "complement"])
+def test_band_accuracy_with_a_constant_perturbation(hpf):
+    # a constant delta lives only at DC: every low-pass keeps it; the complement high-pass always removes it,
+    # the paper's (centre of the unshifted spectrum) keeps it only at the full bandwidth 8
     torch.manual_seed(0)
     x = 0.4 + 0.15 * torch.rand(12, 1, 8, 8)
     y = torch.zeros(12, dtype=torch.long)  # MeanBrightness says class 0 (mean < 0.5)
@@ -172,14 +201,14 @@ def test_band_accuracy_with_a_constant_perturbation():
     def attack(model, x, y):
         return x + 0.1
 
-    res = sp.perturbation_band_accuracy(MeanBrightness(), [(x, y)], 0.1, [1, 4, 8], attack=attack)
+    res = sp.perturbation_band_accuracy(MeanBrightness(), [(x, y)], 0.1, [1, 4, 8], attack=attack, hpf=hpf)
     clean = (MeanBrightness()(x).argmax(1) == y).float().mean().item()
     robust = (MeanBrightness()(x + 0.1).argmax(1) == y).float().mean().item()
     assert res["clean"] == pytest.approx(clean) and res["robust"] == pytest.approx(robust)
     assert robust < clean  # the test is only meaningful if the attack does something
     for k in (1, 4, 8):
         assert res["lpf_delta"][k] == pytest.approx(robust)
-        assert res["hpf_delta"][k] == pytest.approx(clean)
+        assert res["hpf_delta"][k] == pytest.approx(robust if hpf == "paper" and k == 8 else clean)
         assert res["lpf_input"][k] == pytest.approx(clean)  # LPF keeps the mean (no clipping here)
     assert res["n_images"] == 12
 
