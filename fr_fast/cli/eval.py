@@ -10,7 +10,7 @@ import torch
 
 from fr_fast.cli.args import add_dataclass_options, make_parser, parse_options, run_guarded
 from fr_fast.config.fields import knob
-from fr_fast.config.paper import comparison_table, published_for_eval
+from fr_fast.config.paper import comparison_table, parse_row_label, published_for_eval, table1_bandwidths
 from fr_fast.data import load_dataset
 from fr_fast.robustness import attacks as atk
 from fr_fast.robustness.evaluate import DEFAULT_ATTACKS, evaluate, format_table
@@ -18,6 +18,7 @@ from fr_fast.robustness.robustbench import default_name, robustbench_entry
 from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import WEIGHTS, checkpoint_data_dir, load_model
 from fr_fast.runs.runfolder import ensure_writable_file
+from fr_fast.spectral.analyses import filtered_accuracy
 
 
 @dataclass
@@ -33,6 +34,9 @@ class EvalOptions:
     aa_steps: int = knob(100, "APGD/FAB iterations of AutoAttack (official: 100)")
     restarts: int = knob(1, "PGD/CW restarts")
     eps_curve: bool = knob(True, "also run the eps curve and the large-eps check")
+    lpf: Union[list[int], None] = knob(None, "also measure the clean accuracy on test inputs low-pass filtered to "
+                                       "these bandwidths (Table 1; [] for none); null: a Table 1 row's "
+                                       "bandwidths, else none")
     data_dir: Union[str, None] = knob(None, "data set folder (null: the run's data_dir)")
     device: Union[str, None] = knob(None, "cpu | cuda | cuda:N (null: cuda if available, else cpu)")
     seed: int = knob(0, "seed of the attacks' random starts")
@@ -79,10 +83,19 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
                       device=device, seed=opts.seed, progress=opts.progress)
     report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"),
                   runtime=environment, weights=cfg["weights"])
+    row_id, modified = parse_row_label(cfg["paper_row"]) if cfg.get("paper_row") else (None, False)
+    bands = opts.lpf if opts.lpf is not None else (table1_bandwidths(row_id) if row_id else [])
+    if bands:  # Table 1: the (plain) model on LPF_k(x); its PGD-20 above is on unfiltered inputs
+        limit = min(opts.n_examples or len(dataset), len(dataset))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(limit)), batch_size=opts.batch_size)
+        report["lpf"] = {k: 100.0 * v for k, v in filtered_accuracy(model.eval(), loader, bands).items()}
     print(f"weights: {cfg['weights']}")
     print(format_table(report))
-    if cfg.get("paper_row"):  # trained with --paper: the published numbers beside ours
-        report["paper"] = {"row": cfg["paper_row"], "accuracy": published_for_eval(cfg["paper_row"], cfg)}
+    if report.get("lpf"):
+        print("low-pass inputs (bandwidth: acc %): " + "  ".join(f"{k}: {v:.2f}" for k, v in report["lpf"].items()))
+    if row_id:  # trained with --paper: the published numbers beside ours, or apart when the run was modified
+        report["paper"] = {"row": row_id, "label": cfg["paper_row"], "like_for_like": not modified,
+                           "accuracy": published_for_eval(row_id, cfg)}
         print(comparison_table(report, cfg["paper_row"], cfg))
     if opts.out:
         with open(opts.out, "w") as f:

@@ -9,6 +9,7 @@ Each row names the table, the row label, the profiles it composes (``dataset/…
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import functools
 import re
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from fr_fast.config.fields import config_from_dict, parse_overrides
-from fr_fast.config.train_config import CONFIG_DIRS, TrainConfig, compose
+from fr_fast.config.train_config import CONFIG_DIRS, RUN_CONTROL_FIELDS, TrainConfig, compose, config_to_dict
 from fr_fast.runs.runfolder import run_dir
 
 PAPER_FILE = "paper.yaml"
@@ -104,39 +105,91 @@ def row_values(row: PaperRow) -> dict[str, Any]:
 
 
 def row_config(query: str, overrides: list[str] | None = None) -> TrainConfig:
-    """The TrainConfig of a paper row (id or "Table N: label") with ``--key=value`` overrides on top."""
+    """The TrainConfig of a paper row (id or "Table N: label") with ``--key=value`` overrides on top.
+
+    ``paper_row`` is the row id while no override changes a field that shapes the training (everything but
+    ``RUN_CONTROL_FIELDS``); otherwise "modified from <id>: field=value, …" (:func:`row_label`).
+    """
     row = find_row(query)
     values = row_values(row)
     values.update(parse_overrides(list(overrides or []), TrainConfig))
     if values.get("out_dir") is None:  # runs/<row id>/<UTC time>, as presets name theirs
         values["out_dir"] = run_dir(row.id, values.get("resume"))
-    return config_from_dict(values, TrainConfig, where=f"{PAPER_FILE} row {row.id!r}")
+    where = f"{PAPER_FILE} row {row.id!r}"
+    cfg = config_from_dict(values, TrainConfig, where=where)
+    published = config_from_dict({**row_values(row), "out_dir": cfg.out_dir}, TrainConfig, where=where)
+    changed = {name: value for name, value in config_to_dict(cfg).items()
+               if name not in RUN_CONTROL_FIELDS and getattr(published, name) != value}
+    return dataclasses.replace(cfg, paper_row=row_label(row.id, changed))
+
+
+_MODIFIED = re.compile(r"^modified from ([^:\s]+): (.+)$")
+
+
+def row_label(row_id: str, changed: dict[str, Any]) -> str:
+    """``paper_row`` of a run of ``row_id``: the id, or "modified from <id>: a=1, b=x" (sorted by field)."""
+    if not changed:
+        return row_id
+    return f"modified from {row_id}: " + ", ".join(f"{k}={_show(v)}" for k, v in sorted(changed.items()))
+
+
+def parse_row_label(label: str) -> tuple[str, bool]:
+    """(row id, modified?) of a ``paper_row`` value written by :func:`row_label`."""
+    match = _MODIFIED.match(label)
+    return (match.group(1), True) if match else (label, False)
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 def published_for_eval(row_id: str, cfg: dict[str, Any] | None = None) -> dict[str, float]:
     """The paper's numbers of ``row_id`` keyed by evaluate's attack names (clean, pgd20, …).
 
-    Table 1 reports accuracy per low-pass bandwidth: "clean" is the column of the bandwidth the evaluation
-    sees (the L-model's ``low_pass_bandwidth``, else the unfiltered full size).
+    Table 1 rows also give ``lpf<k>``: the accuracy on inputs low-pass filtered to bandwidth k (what
+    ``fr-fast eval`` measures for them), and "clean" is the unfiltered column. An L-model trained with the
+    filter inside the model (``low_pass_in: model``) sees LowPass(x) for every input, so its "clean" is
+    compared with the column of its training bandwidth instead.
     """
     row = find_row(row_id)
     if "lpf" not in row.paper:
         return {k: float(row.paper[k]) for k in EVAL_COLUMNS if k in row.paper}
     lpf = {int(k): float(v) for k, v in row.paper["lpf"].items()}
-    band = (cfg or {}).get("low_pass_bandwidth") or max(lpf)
+    cfg = cfg or {}
+    in_model = cfg.get("low_pass_in") == "model" and cfg.get("low_pass_bandwidth")
+    band = cfg["low_pass_bandwidth"] if in_model else max(lpf)
     out = {"pgd20": float(row.paper["pgd20"])}
     if band in lpf:
         out["clean"] = lpf[band]
+    if not in_model:
+        out.update({f"lpf{k}": v for k, v in lpf.items()})
     return out
 
 
-def comparison_table(report: dict[str, Any], row_id: str, cfg: dict[str, Any] | None = None) -> str:
-    """The measured accuracies of an evaluation ``report`` beside the paper's numbers for ``row_id``."""
+def table1_bandwidths(row_id: str) -> list[int]:
+    """The low-pass bandwidths of a Table 1 row (empty for the other tables)."""
+    return sorted(int(k) for k in find_row(row_id).paper.get("lpf", {}))
+
+
+def comparison_table(report: dict[str, Any], label: str, cfg: dict[str, Any] | None = None) -> str:
+    """The measured accuracies of an evaluation ``report`` beside the paper's numbers for the run's ``paper_row``
+    ``label`` (a row id, or "modified from <id>: …").
+
+    ``report["lpf"]`` ({bandwidth: accuracy %}, Table 1) is compared as rows ``lpf<k>``. A modified run is
+    not the row: the published numbers are printed under its "modified from" heading, for reference, with
+    no difference column.
+    """
+    row_id, modified = parse_row_label(label)
     row = find_row(row_id)
     published = published_for_eval(row_id, cfg)
+    measured = {name: result["accuracy"] for name, result in report["attacks"].items()}
+    measured.update({f"lpf{k}": v for k, v in (report.get("lpf") or {}).items()})
+    if modified:
+        return "\n".join([label, f"published numbers of {row.title}, a different configuration (not comparable): "
+                          + ", ".join(f"{k} {_fmt(v)}" for k, v in published.items())])
     lines = [f"paper: {row.title} ({row.id})", f"{'attack':<8} {'measured':>9} {'paper':>7} {'diff':>7}"]
-    for name, result in report["attacks"].items():
-        ours, theirs = result["accuracy"], published.get(name)
+    for name, ours in measured.items():
+        theirs = published.get(name)
         diff = f"{ours - theirs:+7.2f}" if theirs is not None else f"{'-':>7}"
         lines.append(f"{name:<8} {ours:>9.2f} {_fmt(theirs) if theirs is not None else '-':>7} {diff}")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 WA_ROLES = ("teacher", "evaluated", "both")
 ATTACK_MODES = ("auto", "train", "eval")
+LOW_PASS_PLACES = ("data", "model")
 # BN mode of each objective's training attack in its reference code: PGD-AT (Madry; Rice et al.) attacks the
 # model in train mode, TRADES and MART in eval mode. (The FR authors' code attacks in eval mode throughout.)
 REFERENCE_ATTACK_MODES = {"natural": "train", "at": "train", "trades": "eval", "mart": "eval"}
@@ -43,6 +44,11 @@ AWP_DEFAULTS = {"at": (0.01, 0, 0.01), "trades": (0.005, 9, None)}
 # AT-AWP's SVHN script (train_svhn.py) warms up for 5 epochs (`epoch >= 5` on 0-based epochs); its CIFAR
 # scripts for 0.
 AWP_SVHN_WARMUP = {"at": 5}
+# Fields that say where and how fast a run computes or reports, not what it computes: a resumed run may change
+# them, and a paper row overridden in them keeps its label. paper_row: which published numbers eval shows.
+RUN_CONTROL_FIELDS = frozenset({"out_dir", "resume", "progress", "device", "compile", "compile_mode",
+                                "channels_last", "deterministic", "cpu_threads", "num_workers", "data_dir",
+                                "tensorboard", "cuda_graph", "log_every", "paper_row"})
 # Presets: the repository's configs/ (source checkout, editable install) or the copy shipped inside the
 # package as fr_fast/configs (plain `pip install .`).
 CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parents[2] / "configs",  # source tree
@@ -105,8 +111,12 @@ class TrainConfig:
     dataset: str = knob("cifar10", "mnist | fashion_mnist | cifar10 | cifar100 | svhn | tinyimagenet")
     data_dir: Union[str, None] = knob(None, "data set folder; null = $FR_FAST_DATA_DIR or data/<dataset>")
     pad_to: Union[int, None] = knob(None, "zero-pad images to this side length (e.g. 32 for 28 px MNIST)")
-    low_pass_bandwidth: Union[int, None] = knob(None, "L-model: train and evaluate on low-pass filtered "
-                                                "inputs of this bandwidth")
+    low_pass_bandwidth: Union[int, None] = knob(None, "L-model: low-pass filter the inputs to this bandwidth "
+                                                "(where: low_pass_in)")
+    low_pass_in: str = knob("data", "where the L-model's filter acts: data (the paper: training and validation "
+                            "images are filtered, the model is plain; fr-fast eval then measures Table 1: "
+                            "accuracy on LPF_k(x) and PGD-20 on unfiltered x) | model (a LowPass first layer "
+                            "filters every input, attacked ones included)")
     normalize: bool = knob(False, "per-dataset mean/std inside the model (paper: inputs only scaled to [0, 1])")
     augment: Union[str, None] = knob("auto", "augmentation policy; auto = the dataset's paper augmentation, "
                                      "none = off")
@@ -167,7 +177,8 @@ class TrainConfig:
     tensorboard: bool = knob(False, "also log the metrics as TensorBoard scalars in out_dir/tensorboard "
                              "(needs the tensorboard package)")
     paper_row: Union[str, None] = knob(None, "the configs/paper.yaml row this run reproduces (set by --paper; "
-                                       "fr-fast eval prints its published numbers)")
+                                       "fr-fast eval prints its published numbers); \"modified from ROW: "
+                                       "field=value, ...\" when a field that shapes the training was overridden")
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -180,6 +191,7 @@ class TrainConfig:
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
+        check_choice("low_pass_in", self.low_pass_in, LOW_PASS_PLACES)
         if isinstance(self.channels_last, str):
             check_choice("channels_last", self.channels_last, ("auto",))
         for name, interval in RANGES.items():

@@ -1,7 +1,7 @@
 """Batches for training and evaluation: batched augmentation and a resumable, reproducible loader."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -108,11 +108,14 @@ class BatchLoader:
         DataLoader workers; 0 slices in-memory datasets directly (fastest for small data).
     device : str or torch.device, optional
         Move uint8 batches there before float conversion and augmentation (cheaper transfers).
+    transform : callable, optional
+        Applied to every float batch after augmentation, ``x -> x'`` (e.g. the L-model's low-pass filter).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, augment: str | None = None,
                  seed: int = 0, distributed: bool = False, num_workers: int = 0,
-                 drop_last: bool = False, device: str | torch.device | None = None):
+                 drop_last: bool = False, device: str | torch.device | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -124,6 +127,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.train = train
         self.augment = augment
+        self.transform = transform
         self.seed = seed
         self.num_workers = num_workers
         self.drop_last = drop_last
@@ -169,6 +173,8 @@ class BatchLoader:
             x = to_float(x_raw)
             if self.augment is not None:
                 x = augment_batch(x, self.augment, aug_gen)
+            if self.transform is not None:
+                x = self.transform(x)
             yield x, y
 
     def _raw_batches(self, indices: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

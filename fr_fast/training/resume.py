@@ -13,12 +13,8 @@ from typing import Any
 
 import torch
 
-from fr_fast.config.train_config import TrainConfig, config_to_dict
+from fr_fast.config.train_config import RUN_CONTROL_FIELDS, TrainConfig, config_to_dict
 
-# Fields that say where and how fast a run computes or reports, not what it computes.
-RUN_CONTROL_FIELDS = frozenset({"out_dir", "resume", "progress", "device", "compile", "channels_last",
-                                "deterministic", "cpu_threads", "num_workers", "data_dir", "tensorboard",
-                                "cuda_graph", "log_every", "paper_row"})  # paper_row: which published numbers eval shows
 # Fields a resumed run may change with --resume-override.
 OVERRIDABLE_FIELDS = ("lr", "epochs", "lr_milestones")
 

@@ -21,6 +21,7 @@ Where text and authors' code differ, ``fft``, ``wa_role`` and ``attack_mode`` ch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -39,6 +40,7 @@ from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.runs.metrics_log import MetricsLog
 from fr_fast.runs.runfolder import hold_run_folder, reconcile_best, resume_source, run_dir
+from fr_fast.spectral.fourier import low_pass
 from fr_fast.training import sync_free
 from fr_fast.training.interrupt import StopOnSignal
 from fr_fast.training.losses import base_loss, craft_adversarial, make_fr, training_loss
@@ -185,14 +187,19 @@ def _datasets(cfg: TrainConfig):
 def _loaders(cfg: TrainConfig, rt: Runtime):
     """(train loader, val loader, the model's arguments)."""
     train_set, val_set, info = _datasets(cfg)
+    model_kwargs = _model_kwargs(cfg, info, train_set[0][0].shape)  # checks the bandwidth first
     augment = info.augment if cfg.augment == "auto" else (None if cfg.augment in (None, "none") else cfg.augment)
+    # The L-model (paper sec. 3.1): filtering is a transform of the training data, the model stays plain.
+    lpf = (functools.partial(low_pass, bandwidth=cfg.low_pass_bandwidth, clip=True)
+           if cfg.low_pass_bandwidth is not None and cfg.low_pass_in == "data" else None)
     train_loader = BatchLoader(train_set, cfg.batch_size // rt.world, train=True, augment=augment, seed=cfg.seed,
-                               distributed=rt.world > 1, num_workers=cfg.num_workers, device=rt.device)
+                               distributed=rt.world > 1, num_workers=cfg.num_workers, device=rt.device,
+                               transform=lpf)
     # Shuffled once with a fixed order (set_epoch(0) before each pass): a capped validation
     # (max_val_batches) then sees a random subset rather than the first classes.
     val_loader = BatchLoader(val_set, cfg.batch_size, train=True, augment=None, seed=cfg.seed,
-                             num_workers=cfg.num_workers, device=rt.device)
-    return train_loader, val_loader, _model_kwargs(cfg, info, train_set[0][0].shape)
+                             num_workers=cfg.num_workers, device=rt.device, transform=lpf)
+    return train_loader, val_loader, model_kwargs
 
 
 def _model_kwargs(cfg: TrainConfig, info: DatasetInfo, image_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -202,7 +209,8 @@ def _model_kwargs(cfg: TrainConfig, info: DatasetInfo, image_shape: tuple[int, .
         raise ValueError(f"low_pass_bandwidth must be in [1, {side}] for {side}px images, got {cfg.low_pass_bandwidth}")
     return dict(name=cfg.model, num_classes=info.num_classes, in_channels=image_shape[0],
                 mean=list(info.mean) if cfg.normalize else None, std=list(info.std) if cfg.normalize else None,
-                low_pass_bandwidth=cfg.low_pass_bandwidth, **cfg.model_kwargs)
+                low_pass_bandwidth=cfg.low_pass_bandwidth if cfg.low_pass_in == "model" else None,
+                **cfg.model_kwargs)
 
 
 def validate(model: nn.Module, loader, cfg: TrainConfig, device: torch.device,

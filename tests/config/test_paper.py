@@ -67,15 +67,32 @@ def test_find_row_by_title_or_id_and_errors():
 
 def test_overrides_apply_on_top_of_a_row():
     cfg = paper.row_config("t6-at-fr", ["--epochs=80", "--out_dir=elsewhere"])
-    assert (cfg.epochs, cfg.out_dir, cfg.paper_row) == (80, "elsewhere", "t6-at-fr")
+    assert (cfg.epochs, cfg.out_dir, cfg.paper_row) == (80, "elsewhere", "modified from t6-at-fr: epochs=80")
 
 
 def test_published_numbers_for_eval():
     assert paper.published_for_eval("t7-trades-fr") == {"clean": 55.57, "pgd20": 30.08, "pgd50": 29.95,
                                                         "cw": 25.93, "aa": 25.05}
-    assert paper.published_for_eval("t1-cifar10-natural") == {"clean": 94.43, "pgd20": 0.0}
-    assert paper.published_for_eval("t1-cifar10-lmodel", {"low_pass_bandwidth": 16}) == {"clean": 91.45,
-                                                                                          "pgd20": 0.05}
+    natural = paper.published_for_eval("t1-cifar10-natural")
+    assert (natural["clean"], natural["pgd20"], natural["lpf4"], natural["lpf32"]) == (94.43, 0.0, 12.6, 94.43)
+    lmodel = paper.published_for_eval("t1-cifar10-lmodel", {"low_pass_bandwidth": 16, "low_pass_in": "data"})
+    assert (lmodel["clean"], lmodel["pgd20"], lmodel["lpf16"], lmodel["lpf8"]) == (92.03, 0.05, 91.45, 45.29)
+    # the filter inside the model: every input is LowPass16(x), compared with the training bandwidth's column
+    assert paper.published_for_eval("t1-cifar10-lmodel", {"low_pass_bandwidth": 16, "low_pass_in": "model"}) \
+        == {"clean": 91.45, "pgd20": 0.05}
+
+
+def test_a_row_keeps_its_label_only_without_training_changes():
+    assert paper.row_config("t6-at-fr", ["--device=cpu", "--num_workers=4", "--lr=0.1", "--out_dir=x"]).paper_row \
+        == "t6-at-fr"  # where it runs, and a value equal to the row's, change nothing
+    cfg = paper.row_config("Table 6: AT + FR", ["--dataset=fashion_mnist", "--model=small_cnn", "--epochs=2",
+                                                "--fr_start_epoch=0", "--out_dir=x"])
+    assert cfg.paper_row == "modified from t6-at-fr: dataset=fashion_mnist, epochs=2, fr_start_epoch=0, model=small_cnn"
+    assert paper.parse_row_label(cfg.paper_row) == ("t6-at-fr", True)
+    assert paper.parse_row_label("t6-at-fr") == ("t6-at-fr", False)
+    assert paper.row_config("t6-at-fr", ["--amp=bf16", "--out_dir=x"]).paper_row == "modified from t6-at-fr: amp=bf16"
+    assert paper.row_config("t6-at", ["--lr_milestones=[10, 20]", "--out_dir=x"]).paper_row \
+        == "modified from t6-at: lr_milestones=[10, 20]"
 
 
 def test_docs_presets_md_is_up_to_date():

@@ -266,6 +266,73 @@ def test_cli_prints_the_paper_numbers_beside_the_measured(tmp_path, capsys):
     measured = json.loads(out.read_text())["attacks"]["pgd20"]["accuracy"]
     assert f"{measured - 55.12:+.2f}" in line
     report = json.loads(out.read_text())
-    assert report["paper"] == {"row": "t6-at-frwa", "accuracy": {"clean": 81.74, "pgd20": 55.12, "pgd50": 54.88,
-                                                                 "cw": 52.21, "aa": 50.16}}
+    assert report["paper"] == {"row": "t6-at-frwa", "label": "t6-at-frwa", "like_for_like": True,
+                               "accuracy": {"clean": 81.74, "pgd20": 55.12, "pgd50": 54.88, "cw": 52.21, "aa": 50.16}}
     assert report["weights"] == "average"
+
+
+def _fake_cifar10(root, n=24, seed=0):
+    """A CIFAR-10 folder of random images (the pickled batch format the reader expects)."""
+    import pickle
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, n).tolist(), "batch_label": name}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    return root
+
+
+def test_l_model_table1_evaluation_on_generated_data(tmp_path, capsys):
+    """Table 1's protocol for an L-model: the plain model on LPF_k(x) for every bandwidth of the row, PGD-20 on
+    unfiltered inputs, each beside the paper's column."""
+    from fr_fast.models import LowPass, build_model
+    from fr_fast.runs.checkpoint import load_model, save_checkpoint
+    from fr_fast.spectral.fourier import low_pass
+
+    data = _fake_cifar10(tmp_path / "cifar10")
+    kwargs = dict(name="small_cnn", num_classes=10, in_channels=3, width=4)
+    torch.manual_seed(0)
+    path = tmp_path / "best.pt"
+    save_checkpoint({"config": {"dataset": "cifar10", "data_dir": str(data), "model": "small_cnn", "eps": 8 / 255,
+                                "pad_to": None, "low_pass_bandwidth": 16, "low_pass_in": "data",
+                                "paper_row": "t1-cifar10-lmodel"},
+                     "model_kwargs": {**kwargs, "low_pass_bandwidth": None},
+                     "model": build_model(**kwargs).state_dict()}, path)
+    out = tmp_path / "report.json"
+    assert eval_cli.main([str(path), "--attacks", "clean,pgd20", "--no-eps-curve", "--no-progress",
+                          "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    model, _ = load_model(path)
+    assert not any(isinstance(m, LowPass) for m in model.modules())  # a plain model
+    from fr_fast.data import load_dataset
+    test = load_dataset("cifar10", "test", str(data))
+    x, y = torch.stack([test[i][0] for i in range(len(test))]), torch.tensor([test[i][1] for i in range(len(test))])
+    with torch.no_grad():
+        for k in (4, 8, 12, 16, 20, 24, 28, 32):
+            expected = 100 * (model(low_pass(x, k)).argmax(1) == y).float().mean().item()
+            assert report["lpf"][str(k)] == pytest.approx(expected)
+    assert report["lpf"]["32"] == pytest.approx(report["attacks"]["clean"]["accuracy"])  # 32 = unfiltered
+    assert report["attacks"]["pgd20"]["settings"]["steps"] == 20
+    assert report["paper"]["like_for_like"] and report["paper"]["accuracy"]["lpf16"] == 91.45
+    assert report["paper"]["accuracy"]["clean"] == 92.03  # the unfiltered column
+    printed = capsys.readouterr().out
+    line = next(l for l in printed.splitlines() if l.startswith("lpf4 "))
+    assert "18.41" in line and f"{report['lpf']['4'] - 18.41:+.2f}" in line
+
+
+def test_modified_paper_row_is_not_compared_like_for_like(tmp_path, capsys):
+    path, _, _ = _checkpoint_with_average(tmp_path, wa_role="teacher",
+                                          paper_row="modified from t6-at-frwa: dataset=mnist, model=small_cnn")
+    out = tmp_path / "report.json"
+    assert eval_cli.main([str(path), "--n-examples", "8", "--attacks", "clean", "--no-eps-curve", "--no-progress",
+                          "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "modified from t6-at-frwa: dataset=mnist, model=small_cnn" in printed
+    assert "not comparable" in printed and "measured" not in printed and "paper: Table 6" not in printed
+    report = json.loads(out.read_text())["paper"]
+    assert (report["row"], report["like_for_like"]) == ("t6-at-frwa", False)

@@ -138,17 +138,36 @@ def test_best_checkpoint_metric(tmp_path, method, fr, select_by, expected):
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
 
 
-def test_l_model_trains_on_low_pass_inputs(tmp_path):
+def test_l_model_trains_a_plain_model_on_low_pass_data(tmp_path):
+    """The paper's L-model: the training (and validation) images are LPF_k(x), the model has no filter."""
+    from fr_fast.models import LowPass
+    from fr_fast.spectral.fourier import low_pass
+    from fr_fast.training.runtime import runtime
+
+    cfg = _tiny_cfg("mnist_cnn_natural", tmp_path, "low_pass_bandwidth=8", "epochs=1")
+    assert cfg.low_pass_in == "data"
+    with runtime(cfg) as rt:
+        filtered, _, kwargs = train_mod._loaders(cfg, rt)
+        plain, _, _ = train_mod._loaders(load_config("mnist_cnn_natural", [*TINY, f"out_dir={tmp_path}"]), rt)
+        (x_f, y_f), (x, y) = next(iter(filtered)), next(iter(plain))
+    assert torch.equal(y_f, y) and not torch.allclose(x_f, x)
+    torch.testing.assert_close(x_f, low_pass(x, 8))
+    assert kwargs["low_pass_bandwidth"] is None
+    summary = train(cfg)
+    assert not any(isinstance(m, LowPass) for m in summary["model"].modules())
+    assert load_checkpoint(tmp_path / "last.pt")["model_kwargs"]["low_pass_bandwidth"] is None
+    with pytest.raises(ValueError, match=r"low_pass_bandwidth must be in \[1, 28\]"):
+        train(_tiny_cfg("mnist_cnn_natural", tmp_path / "big", "low_pass_bandwidth=40", "epochs=1"))
+
+
+def test_l_model_with_the_filter_in_the_model(tmp_path):
     from fr_fast.models import LowPass
 
-    summary = train(_tiny_cfg("mnist_cnn_natural", tmp_path, "low_pass_bandwidth=8", "epochs=1"))
-    assert summary["history"][0]["epoch"] == 1
+    summary = train(_tiny_cfg("mnist_cnn_natural", tmp_path, "low_pass_bandwidth=8", "low_pass_in=model", "epochs=1"))
     assert isinstance(summary["model"][0], LowPass) and summary["model"][0].bandwidth == 8
     model, _ = load_model(tmp_path / "last.pt")  # the filter is part of the saved model
     assert load_checkpoint(tmp_path / "last.pt")["model_kwargs"]["low_pass_bandwidth"] == 8
     assert isinstance(model[0], LowPass) and model[0].bandwidth == 8
-    with pytest.raises(ValueError, match=r"low_pass_bandwidth must be in \[1, 28\]"):
-        train(_tiny_cfg("mnist_cnn_natural", tmp_path / "big", "low_pass_bandwidth=40", "epochs=1"))
 
 
 PAPER_PRESETS = sorted(p.stem for p in CONFIG_DIRS[0].glob("*.yaml")
