@@ -57,7 +57,9 @@ CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parents[2] / "configs",
 
 @dataclass
 class TrainConfig:
-    """Every knob of :func:`fr_fast.training.train.train`; defaults are the paper's CIFAR-10 ResNet18 AT recipe.
+    """Every knob of :func:`fr_fast.training.train.train`; defaults are the published CIFAR-10 ResNet18 recipe
+    (configs/dataset/cifar10.yaml): 2-D FR (the authors' code) with lam 0.1 when ``fr`` is on, training
+    attacks in eval mode, float32, SGD 0.1 decayed at epochs 75 and 90 of 100.
 
     Epochs are 0-indexed: with ``lr_milestones=[75, 90]`` the learning rate is 0.01 from epoch index 75
     on (the 76th epoch), and ``fr_start_epoch=None`` / ``wa_start_epoch=None`` mean "the first milestone",
@@ -69,7 +71,8 @@ class TrainConfig:
     code (one DFT over the B x C logit matrix, L1 averaged over its 2BC real and imaginary parts). For
     independent rows 1d/2d ~ 2C/sqrt(B) (1.7 at C=10, 18 at C=100, 35 at C=200 for B=128), for identical
     rows exactly 2C, so lam does not transfer between them; the 2-D form also depends on the batch size
-    (under DDP the trainer computes it on the gathered global batch). The paper presets use "2d".
+    (under DDP the trainer computes it on the gathered global batch). The published numbers come from "2d"
+    (the default); ``fr_fast.fr_loss`` / ``FRLoss`` keep "1d" as their default (the equation as printed).
 
     ``wa_role`` (with ``fr: frwa``, or ``wa: true``): "teacher" = the paper (A.3): the weight average is FR's
     teacher and the student is validated, selected and evaluated; "evaluated" = the authors' code: FR uses
@@ -90,8 +93,9 @@ class TrainConfig:
     lam: float = knob(0.1, "FR coefficient lambda (paper: 0.1; 0.05 for Tiny ImageNet); its strength depends "
                       "on fft")
     distance: str = knob("l1", "FR distance between spectra: l1 | l2 | cosine")
-    fft: str = knob("1d", "FR transform: 1d (Eq. 2 as printed: DFT over classes per example) | 2d (the "
-                    "authors' code: DFT over the batch x class matrix, ~2C/sqrt(B) times weaker)")
+    fft: str = knob("2d", "FR transform: 2d (the authors' code, which produced the published numbers: DFT over "
+                    "the batch x class matrix) | 1d (Eq. 2 as printed: DFT over classes per example, ~2C/sqrt(B) "
+                    "times stronger at the same lam)")
     fr_start_epoch: Union[int, None] = knob(None, "epoch index FR starts at; null = the first lr milestone "
                                             "(paper), 0 = from the start")
     wa: bool = knob(False, "keep a weight average even without fr=frwa (saved; evaluated if wa_role says so)")
@@ -121,6 +125,8 @@ class TrainConfig:
     augment: Union[str, None] = knob("auto", "augmentation policy; auto = the dataset's paper augmentation, "
                                      "none = off")
     val_fraction: float = knob(0.1, "fraction of the training set held out for validation (paper: 9:1)")
+    split_seed: int = knob(0, "seed of the train/validation split, separate from seed: runs with different "
+                           "seeds validate on the same images")
     num_workers: int = knob(0, "DataLoader worker processes (folder data sets)")
     fake_data: int = knob(0, "> 0: that many random images of the dataset's shape (smoke tests)")
     # optimisation
@@ -137,8 +143,8 @@ class TrainConfig:
     attack_steps: int = knob(10, "PGD steps of the training attack")
     trades_beta: float = knob(6.0, "TRADES robustness weight beta")
     mart_beta: float = knob(6.0, "MART robustness weight beta")
-    attack_mode: str = knob("auto", "model mode while crafting training attacks: train | eval | auto (each "
-                            "method's reference code: AT train, TRADES/MART eval; the FR authors' code: eval)")
+    attack_mode: str = knob("eval", "model mode while crafting training attacks: eval (the FR authors' code) | "
+                            "train | auto (each method's reference code: AT train, TRADES/MART eval)")
     awp_gamma: Union[float, None] = knob(None, "AWP weight perturbation size; null = the AWP code's: 0.01 "
                                          "(AWP on AT), 0.005 (AWP on TRADES)")
     awp_warmup: Union[int, None] = knob(None, "first epoch index with AWP; null = the AWP code's: 0 (AWP on AT; "
@@ -147,8 +153,8 @@ class TrainConfig:
     awp_proxy_lr: Union[float, None] = knob(None, "lr of AWP's proxy ascent step; null = the AWP code's: 0.01 "
                                             "(AWP on AT), the initial lr (AWP on TRADES)")
     # speed
-    amp: str = knob("auto", "autocast: auto (bf16, else fp16 + GradScaler on CUDA; CPU: bf16 if native) | "
-                    "bf16 | fp16 | off")
+    amp: str = knob("off", "autocast: off (float32, as the published runs) | auto (bf16, else fp16 + GradScaler "
+                    "on CUDA; CPU: bf16 if native) | bf16 | fp16: speed switches (the head and FR stay float32)")
     channels_last: Union[bool, str] = knob("auto", "channels-last memory format; auto = on for CUDA, off on CPU")
     compile: bool = knob(False, "torch.compile the model")
     compile_mode: str = knob("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: for small "
@@ -161,7 +167,7 @@ class TrainConfig:
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")
     cpu_threads: Union[int, None] = knob(None, "torch CPU threads for this run; null = leave as is")
     # run
-    seed: int = knob(0, "seed of weights, data order, augmentation and attacks")
+    seed: int = knob(0, "seed of weights, data order, augmentation and attacks (the split: split_seed)")
     deterministic: bool = knob(False, "deterministic algorithms (bit-exact resume on CPU; slower)")
     out_dir: Union[str, None] = knob(None, "folder for checkpoints and metrics; null = runs/<preset>/<UTC time> "
                                      "(with --resume: the newest run of the preset that has a last.pt)")

@@ -143,7 +143,10 @@ def _fr_2d_parseval(teacher: Tensor, adv: Tensor, distance: str, reduction: str)
 
 
 class FRLoss(torch.nn.Module):
-    """``lam * fr_loss(teacher_logits, adv_logits)``: the FR term to add to an adversarial-training loss."""
+    """``lam * fr_loss(teacher_logits, adv_logits)``: the FR term to add to an adversarial-training loss.
+
+    ``fft="1d"`` (default) is Eq. 2 as printed; the published numbers were produced with ``fft="2d"`` (the
+    authors' code), which the trainer uses by default."""
 
     def __init__(self, lam: float = 0.1, distance: str = "l1", fft: str = "1d", reduction: str = "mean") -> None:
         super().__init__()

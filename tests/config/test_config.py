@@ -149,7 +149,7 @@ def test_paper_yaml_is_not_a_preset():
 
 def test_new_fields_are_checked_and_shown():
     cfg = load_config()
-    assert (cfg.wa_role, cfg.attack_mode) == ("teacher", "auto")
+    assert (cfg.wa_role, cfg.attack_mode) == ("teacher", "eval")
     for override, message in [("wa_role=student", "wa_role must be one of"), ("attack_mode=test", "attack_mode")]:
         with pytest.raises(ValueError, match=message):
             load_config(None, [override])
@@ -158,10 +158,26 @@ def test_new_fields_are_checked_and_shown():
 @pytest.mark.parametrize("method, expected", [("at", "train"), ("natural", "train"), ("trades", "eval"),
                                               ("mart", "eval")])
 def test_attack_mode_auto_is_the_reference_code(method, expected):
-    assert load_config(None, [f"method={method}"]).resolved_attack_mode() == expected
-    assert load_config(None, [f"method={method}", "attack_mode=eval"]).resolved_attack_mode() == "eval"
-    assert load_config(None, ["method=awp", f"awp_base={'trades' if method == 'trades' else 'at'}"]) \
+    assert load_config(None, [f"method={method}", "attack_mode=auto"]).resolved_attack_mode() == expected
+    assert load_config(None, [f"method={method}"]).resolved_attack_mode() == "eval"  # the default: the FR code's
+    assert load_config(None, ["method=awp", "attack_mode=auto", f"awp_base={'trades' if method == 'trades' else 'at'}"]) \
         .resolved_attack_mode() == ("eval" if method == "trades" else "train")
+
+
+def test_defaults_are_the_published_recipe():
+    """TrainConfig() and a preset-less fr-fast train are the CIFAR-10 ResNet18 profile the paper rows use."""
+    from fr_fast.config.paper import row_config
+    published = row_config("t6-at-fr", ["--out_dir=x"])
+    default = load_config(None, ["fr=fr", "out_dir=x"])
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("paper_row", "data_dir")]
+    assert {f: getattr(default, f) for f in fields} == {f: getattr(published, f) for f in fields}
+    assert (default.fft, default.lam, default.attack_mode, default.amp) == ("2d", 0.1, "eval", "off")
+    assert (TrainConfig().fft, TrainConfig().lr_milestones, TrainConfig().epochs) == ("2d", [75, 90], 100)
+    import inspect
+
+    import fr_fast
+    assert inspect.signature(fr_fast.fr_loss).parameters["fft"].default == "1d"  # Eq. 2 as printed
+    assert inspect.signature(fr_fast.FRLoss).parameters["fft"].default == "1d"
 
 
 def test_awp_defaults_follow_the_awp_code_per_base():
