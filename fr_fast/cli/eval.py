@@ -33,6 +33,8 @@ class EvalOptions:
     aa_version: str = knob("standard", f"AutoAttack version: {' | '.join(atk.AA_VERSIONS)}")
     aa_steps: int = knob(100, "APGD/FAB iterations of AutoAttack (official: 100)")
     restarts: int = knob(1, "PGD/CW restarts")
+    cw_kappa: Union[float, None] = knob(None, "cap of the CW-inf margin (Carlini-Wagner's kappa, e.g. 0); null: "
+                                        "uncapped, the FR authors' form behind the published C&W numbers")
     eps_curve: bool = knob(True, "also run the eps curve and the large-eps check")
     lpf: Union[list[int], None] = knob(None, "also measure the clean accuracy on test inputs low-pass filtered to "
                                        "these bandwidths (Table 1; [] for none); null: a Table 1 row's "
@@ -80,7 +82,7 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
     report = evaluate(model, dataset, eps=eps, alpha=opts.alpha, attacks=attacks,
                       n_examples=opts.n_examples, batch_size=opts.batch_size, aa_version=opts.aa_version,
                       aa_steps=opts.aa_steps, restarts=opts.restarts, eps_curve=opts.eps_curve,
-                      device=device, seed=opts.seed, progress=opts.progress)
+                      device=device, seed=opts.seed, progress=opts.progress, cw_kappa=opts.cw_kappa)
     report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"),
                   runtime=environment, weights=cfg["weights"])
     row_id, modified = parse_row_label(cfg["paper_row"]) if cfg.get("paper_row") else (None, False)

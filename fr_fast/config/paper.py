@@ -206,7 +206,7 @@ def presets_markdown(path: str | Path | None = None) -> str:
            "Generated from `configs/paper.yaml` by `python -m fr_fast.config.paper --write docs/presets.md`; do not edit.",
            "Train a row with `fr-fast train --paper ID` (or `--paper \"Table N: row\"`); any `--key=value` overrides it.",
            "Profiles live in `configs/dataset/`, `configs/model/` and `configs/method/`; the dataset profiles carry",
-           "the paper's recipe (FR in the authors' `fft: 2d` form, training attacks in eval mode, WA as FR's teacher).",
+           "the paper's recipe (FR in the authors' `fft: 2d` form, training attacks in eval mode, float32, WA as FR's teacher).",
            ""]
     for number, title in tables.items():
         members = [r for r in rows if r.table == number]

@@ -14,6 +14,7 @@ inside the model) and integer labels, and returns ``x_adv`` with ``||x_adv - x||
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterator
 
 import torch
@@ -59,13 +60,15 @@ def cw_margin(logits: Tensor, y: Tensor) -> Tensor:
     return others.amax(dim=1) - true_logit
 
 
-def cw_loss(logits: Tensor, y: Tensor, kappa: float = 0.0) -> Tensor:
-    """Sum over the batch of the CW-inf objective ``min(max_{j != y} z_j - z_y, kappa)`` (kappa = 0).
+def cw_loss(logits: Tensor, y: Tensor, kappa: float | None = None) -> Tensor:
+    """Sum over the batch of the CW-inf objective: the margin ``max_{j != y} z_j - z_y`` uncapped (``kappa``
+    None: the FR authors' evaluation code, which produced the published C&W numbers), or ``min(margin, kappa)``.
 
     The cap at ``kappa`` is Carlini-Wagner's confidence term: once an example is misclassified by
     ``kappa`` its gradient is zero, so the sign step leaves it where it is.
     """
-    return cw_margin(logits, y).clamp(max=kappa).sum()
+    margin = cw_margin(logits, y)
+    return (margin if kappa is None else margin.clamp(max=kappa)).sum()
 
 
 def _per_example_loss(name: str, logits: Tensor, y: Tensor) -> Tensor:
@@ -204,7 +207,8 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, eps: flo
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: float = 2 / 255,
-        steps: int = 20, random_start: bool = True, loss: str = "ce", restarts: int = 1) -> Tensor:
+        steps: int = 20, random_start: bool = True, loss: str = "ce", restarts: int = 1,
+        cw_kappa: float | None = None) -> Tensor:
     """L-inf PGD for evaluation (Madry et al. 2018), on cross-entropy or on the CW margin (CW-inf).
 
     Runs in float32 with autocast off and the model in eval mode; parameters never receive
@@ -222,8 +226,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: flo
     alpha : step size, > 0 (paper: 2/255)
     steps : PGD steps, >= 1 (PGD-20 / PGD-50 in the paper)
     random_start : start from a uniform point in the eps-ball (else from x)
-    loss : "ce" (cross-entropy) or "cw" (Carlini-Wagner margin ``max_{j!=y} z_j - z_y``, kappa = 0)
+    loss : "ce" (cross-entropy) or "cw" (Carlini-Wagner margin ``max_{j!=y} z_j - z_y``, :func:`cw_loss`)
     restarts : independent runs, >= 1
+    cw_kappa : cap of the CW margin (Carlini-Wagner's kappa, e.g. 0); None = uncapped, the FR authors' form
 
     Returns
     -------
@@ -242,7 +247,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: flo
     _check_eval_inputs(model, x, y)
     x_nat = x.detach().float().clamp(0.0, 1.0)
     y = y.to(device=x.device, dtype=torch.long)
-    loss_fn = ce_loss if loss == "ce" else cw_loss
+    loss_fn = ce_loss if loss == "ce" else functools.partial(cw_loss, kappa=cw_kappa)
 
     best = best_fooled = best_loss = None
     with _attack_context(model, x.device):
@@ -266,13 +271,14 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: flo
 
 
 def cw(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: float = 2 / 255,
-       steps: int = 30, random_start: bool = True, restarts: int = 1) -> Tensor:
-    """CW-inf: :func:`pgd` on the Carlini-Wagner margin loss (kappa = 0), 30 steps by default.
+       steps: int = 30, random_start: bool = True, restarts: int = 1, kappa: float | None = None) -> Tensor:
+    """CW-inf: :func:`pgd` on the Carlini-Wagner margin loss, 30 steps by default; ``kappa`` None = the
+    uncapped margin (the FR authors'), a number caps it (Carlini-Wagner's confidence; 0 = stop once fooled).
 
     Same arguments, return value and errors as :func:`pgd` (``loss`` fixed to "cw").
     """
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-               loss="cw", restarts=restarts)
+               loss="cw", restarts=restarts, cw_kappa=kappa)
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, version: str = "standard",

@@ -38,9 +38,10 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device | s
                    max_batches: int | None = None, channels_last: bool = False) -> int:
     """Re-estimate the BN running statistics of ``model`` from natural batches ``(x, y)``.
 
-    Statistics are reset and accumulated as a cumulative average (momentum None) over at most
-    ``max_batches`` batches; under torch.distributed they are averaged over ranks afterwards.
-    Returns the number of batches used (0 when the model has no BN layer).
+    Statistics are reset and accumulated over at most ``max_batches`` batches as an average weighted by batch
+    size (momentum b / (n + b) for a batch of b after n images, as the authors' ``bn_update``: a short last
+    batch counts for its images, not as a whole batch); under torch.distributed they are averaged over
+    ranks afterwards. Returns the number of batches used (0 when the model has no BN layer).
     """
     layers = _bn_layers(model)
     if not layers:
@@ -48,15 +49,16 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device | s
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None
-    used = 0
+    used = seen = 0
     with train_mode(model):
         for x, _ in itertools.islice(batches, max_batches):
             x = x.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            for m in layers:
+                m.momentum = x.shape[0] / (seen + x.shape[0])
             model(x)
-            used += 1
+            used, seen = used + 1, seen + x.shape[0]
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -179,14 +179,14 @@ def _datasets(cfg: TrainConfig):
             torch.randint(0, 256, (n, info.channels, size, size), dtype=torch.uint8, generator=g),
             torch.randint(0, info.num_classes, (n,), generator=g), info=info)
         return make(cfg.fake_data), make(n_val), info
-    kwargs = dict(pad_to=cfg.pad_to, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    kwargs = dict(pad_to=cfg.pad_to, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
     return (load_dataset(cfg.dataset, "train", cfg.data_dir, **kwargs),
             load_dataset(cfg.dataset, "val", cfg.data_dir, **kwargs), info)
 
 
-def _loaders(cfg: TrainConfig, rt: Runtime):
-    """(train loader, val loader, the model's arguments)."""
-    train_set, val_set, info = _datasets(cfg)
+def _loaders(cfg: TrainConfig, rt: Runtime, datasets=None):
+    """(train loader, val loader, the model's arguments) over ``datasets`` (default: :func:`_datasets`)."""
+    train_set, val_set, info = datasets if datasets is not None else _datasets(cfg)
     model_kwargs = _model_kwargs(cfg, info, train_set[0][0].shape)  # checks the bandwidth first
     augment = info.augment if cfg.augment == "auto" else (None if cfg.augment in (None, "none") else cfg.augment)
     # The L-model (paper sec. 3.1): filtering is a transform of the training data, the model stays plain.
@@ -372,6 +372,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         cfg = dataclasses.replace(cfg, out_dir=run_dir("default", cfg.resume))
     out_dir = Path(cfg.out_dir)
     resume_from = resume_source(cfg.resume, out_dir)
+    datasets = _datasets(cfg)  # missing or damaged data fails here, before the run folder is made
     with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(
             out_dir, resuming=resume_from is not None or cfg.resume == "auto", overwrite=overwrite,
             enabled=rt.is_main):
@@ -384,7 +385,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
                 print(sync_free.describe(rt.device), flush=True)
         saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
         changes = check_resume(saved["config"], cfg, resume_override) if saved is not None else {}
-        train_loader, val_loader, model_kwargs = _loaders(cfg, rt)
+        train_loader, val_loader, model_kwargs = _loaders(cfg, rt, datasets)
         model = build_model(**model_kwargs).to(rt.device, memory_format=rt.memory_format)
         state = TrainState(cfg, model, rt.amp_dtype)
         models = wrap_models(cfg, model, rt.world)

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import fr_fast
-
 from fr_fast.models import Normalize, build_model, list_models
 
 SMALL = ["small_cnn", "preact_resnet18", "resnet18"]
@@ -197,8 +196,8 @@ def test_low_pass_layer_passes_gradients_and_keeps_the_memory_format():
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_marks_a_float32_head(name):
-    from fr_fast.models.head import ClassifierHead, has_head
     from fr_fast.models._registry import _MODELS
+    from fr_fast.models.head import ClassifierHead, has_head
     with torch.device("meta"):  # no memory for the large ones
         network = _MODELS[name](num_classes=3, in_channels=1)
     assert has_head(network)

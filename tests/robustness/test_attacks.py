@@ -169,7 +169,30 @@ def test_cw_margin_sign_matches_misclassification():
     torch.testing.assert_close(margin, torch.tensor([-2.0, 2.0, -3.0, -3.0]))
     assert torch.equal(margin > 0, logits.argmax(1) != y)
     # kappa = 0 caps the objective at 0: already-fooled examples contribute nothing more
-    assert attacks.cw_loss(logits, y).item() == pytest.approx(-2.0 - 3.0 - 3.0)
+    assert attacks.cw_loss(logits, y, kappa=0.0).item() == pytest.approx(-2.0 - 3.0 - 3.0)
+    # the default is the FR authors' uncapped margin: the fooled example counts with its margin
+    assert attacks.cw_loss(logits, y).item() == pytest.approx(-2.0 + 2.0 - 3.0 - 3.0)
+
+
+def test_cw_kappa_reaches_the_attack_and_the_report(mnist_model):
+    from fr_fast.robustness.evaluate import evaluate
+    model, x, y = mnist_model
+    seen = []
+    original = attacks.cw_loss
+
+    def spy(logits, y, kappa=None):
+        seen.append(kappa)
+        return original(logits, y, kappa)
+
+    attacks.cw_loss = spy
+    try:
+        for kappa in (None, 0.0):
+            report = evaluate(model, [(x[:8], y[:8])], eps=0.1, attacks=("cw2",), eps_curve=False, progress=False,
+                              cw_kappa=kappa)
+            assert report["attacks"]["cw2"]["settings"]["kappa"] == kappa
+    finally:
+        attacks.cw_loss = original
+    assert seen == [None, None, 0.0, 0.0]  # two steps each
 
 
 def test_pgd_accuracy_falls_monotonically_with_eps(mnist_model):

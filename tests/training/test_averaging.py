@@ -118,3 +118,23 @@ def test_bn_recalibration_over_equal_batches_is_the_cumulative_average():
     torch.testing.assert_close(model[1].running_mean, torch.stack([m for m, _ in stats]).mean(0))
     torch.testing.assert_close(model[1].running_var, torch.stack([v for _, v in stats]).mean(0))
     assert recalibrate_bn(model, [(b, None) for b in data.split(8)], "cpu", max_batches=2) == 2
+
+
+def test_bn_recalibration_weights_batches_by_their_size():
+    """Unequal batches (a short last batch): the average of the per-batch statistics weighted by batch size,
+    as the authors' bn_update, not the plain mean over batches."""
+    model = _net()
+    data = torch.rand(20, 2, 6, 6) * torch.linspace(1, 3, 20).view(20, 1, 1, 1)
+    sizes = [16, 4]
+    recalibrate_bn(model, [(b, None) for b in data.split(sizes)], "cpu")
+    single = _net()
+    single.load_state_dict(model.state_dict())
+    stats = []
+    for b in data.split(sizes):
+        recalibrate_bn(single, [(b, None)], "cpu")
+        stats.append((single[1].running_mean.clone(), single[1].running_var.clone()))
+    weights = torch.tensor(sizes, dtype=torch.float32).view(-1, 1) / sum(sizes)
+    weighted_mean = (torch.stack([m for m, _ in stats]) * weights).sum(0)
+    torch.testing.assert_close(model[1].running_mean, weighted_mean)
+    torch.testing.assert_close(model[1].running_var, (torch.stack([v for _, v in stats]) * weights).sum(0))
+    assert not torch.allclose(model[1].running_mean, torch.stack([m for m, _ in stats]).mean(0), atol=1e-3)

@@ -268,3 +268,22 @@ def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
 def test_compile_mode_is_checked():
     with pytest.raises(ValueError, match="compile_mode"):
         load_config("mnist_cnn_at", ["--compile_mode=fast"])
+
+
+def test_split_seed_fixes_the_validation_set_across_training_seeds(tmp_path):
+    def val_images(*extra):
+        _, val, _ = train_mod._datasets(_tiny_cfg("mnist_cnn_at", tmp_path, *extra))
+        return torch.stack([val[i][0] for i in range(len(val))])
+
+    base = val_images()
+    assert torch.equal(base, val_images("seed=7"))  # another training seed, the same validation images
+    assert not torch.equal(base, val_images("split_seed=7"))
+
+
+def test_missing_data_leaves_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["cifar10_resnet18_at", f"--data_dir={tmp_path / 'nothing'}", f"--out_dir={out}", "--device=cpu",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
