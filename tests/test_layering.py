@@ -20,7 +20,7 @@ ALLOWED = {
     "data": LEAVES,
     "robustness": LEAVES | {"ops", "models", "data", "spectral.fourier"},
     "runs": LEAVES | {"ops", "models", "data"},
-    "config": LEAVES | {"ops", "runs"},
+    "config": LEAVES | {"runs"},
     "spectral": LEAVES | {"ops", "models", "data", "robustness", "runs", "config", "spectral.fourier"},
     "training": LEAVES | {"ops", "models", "data", "robustness", "runs", "config", "spectral.fourier"},
     "cli": LEAVES | {"ops", "models", "data", "robustness", "runs", "config", "spectral", "spectral.fourier",

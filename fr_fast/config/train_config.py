@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import torch
 import yaml
 
 from fr_fast.config.fields import config_from_dict, field_types, knob, parse_overrides, unknown_field
-from fr_fast.ops.functional import fr_loss
 from fr_fast.runs.runfolder import run_dir
 from fr_fast.utils.checks import check_choice
 
@@ -212,21 +210,6 @@ class TrainConfig:
                              f"fr_start_epoch ({self.resolved_fr_start()}) < wa_start_epoch "
                              f"({self.resolved_wa_start()})")
         self._check_switches_on()
-        self._check_fr_term()
-
-    def _check_fr_term(self) -> None:
-        """Run the configured FR term once on a tiny batch, so an unsupported combination of ``distance`` and
-        ``fft`` fails when the config is read rather than when FR first switches on (epoch 75 of a paper row)."""
-        if self.fr == "none":
-            return
-        probe = torch.arange(6, dtype=torch.float32).view(2, 3)
-        try:
-            value = fr_loss(probe, probe.flip(0), self.distance, "mean", self.fft)
-        except (ValueError, RuntimeError) as exc:
-            raise ValueError(f"fr={self.fr!r} with distance={self.distance!r}, fft={self.fft!r} cannot run: "
-                             f"{exc}") from None
-        if not torch.isfinite(value):
-            raise ValueError(f"fr={self.fr!r} with distance={self.distance!r}, fft={self.fft!r} gives {value.item()}")
 
     def _check_switches_on(self) -> None:
         """FR / WA whose start is derived from the first milestone must start within the run.

@@ -5,7 +5,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
+import fr_fast
 from fr_fast.config.train_config import CONFIG_DIRS, TrainConfig, config_from_dict, load_config, parse_overrides
 
 PRESETS = sorted(p for p in CONFIG_DIRS[0].glob("*.yaml") if p.stem != "paper")
@@ -255,21 +257,12 @@ def test_cpu_presets_say_which_fr_form_they_use():
 
 @pytest.mark.parametrize("fft", ["1d", "2d"])
 @pytest.mark.parametrize("distance", ["l1", "l2", "cosine"])
-def test_every_fr_distance_runs_in_both_forms(distance, fft):
+def test_every_fr_setting_the_config_accepts_runs(distance, fft):
+    """Whatever (distance, fft) the config accepts, the FR term computes with a finite gradient: a setting
+    that would fail only when FR first switches on (epoch 75 of a paper row) is refused when it is read."""
     cfg = TrainConfig(fr="fr", distance=distance, fft=fft)
-    assert (cfg.distance, cfg.fft) == (distance, fft)
-
-
-def test_fr_term_is_checked_when_the_config_is_read(monkeypatch):
-    import fr_fast.config.train_config as tc
-
-    def unsupported(teacher, adv, distance="l1", reduction="mean", fft="1d"):
-        if distance == "cosine" and fft == "2d":
-            raise ValueError("not supported here")
-        return (teacher - adv).abs().mean()
-
-    monkeypatch.setattr(tc, "fr_loss", unsupported)
-    TrainConfig(fr="fr", distance="cosine", fft="1d")
-    TrainConfig(fr="none", distance="cosine", fft="2d")  # no FR: nothing to run
-    with pytest.raises(ValueError, match="distance='cosine', fft='2d' cannot run: not supported here"):
-        TrainConfig(fr="fr", distance="cosine", fft="2d")
+    teacher = torch.randn(4, 10, dtype=torch.float64)
+    adv = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+    value = fr_fast.fr_loss(teacher, adv, cfg.distance, "mean", cfg.fft)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(adv.grad).all() and adv.grad.abs().sum() > 0
