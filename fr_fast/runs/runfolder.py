@@ -78,6 +78,22 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") ->
     return path
 
 
+def check_dir_creatable(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Without creating anything: ``path`` is a writable folder, or the nearest existing folder above it is
+    writable (so that it can be made later); RunFolderError otherwise. For checks before the expensive work."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"{what} {str(path)!r} is not writable ({str(existing)!r} is a file, not a folder); "
+                             "choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{what} {str(path)!r} is not writable ({str(existing)!r} does not allow it); "
+                             "choose another path")
+    return path
+
+
 def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
     """Check that ``path`` can be written (its folder exists and is writable, it is not a folder)."""
     path = Path(path)

@@ -39,7 +39,7 @@ from fr_fast.robustness.attacks import pgd
 from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.runs.metrics_log import MetricsLog
-from fr_fast.runs.runfolder import hold_run_folder, reconcile_best, resume_source, run_dir
+from fr_fast.runs.runfolder import check_dir_creatable, hold_run_folder, reconcile_best, resume_source, run_dir
 from fr_fast.spectral.fourier import low_pass
 from fr_fast.training import sync_free
 from fr_fast.training.interrupt import StopOnSignal
@@ -372,6 +372,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         cfg = dataclasses.replace(cfg, out_dir=run_dir("default", cfg.resume))
     out_dir = Path(cfg.out_dir)
     resume_from = resume_source(cfg.resume, out_dir)
+    check_dir_creatable(out_dir, "out_dir")  # cheap checks first: the folder, then the data
     datasets = _datasets(cfg)  # missing or damaged data fails here, before the run folder is made
     with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(
             out_dir, resuming=resume_from is not None or cfg.resume == "auto", overwrite=overwrite,
