@@ -2,7 +2,8 @@
 #   make demo   # AT+FR on real embedded MNIST, prints clean and PGD-20 accuracy
 #   make test   # the test suite
 # Both create .venv, install torch (pinned in requirements-dev.txt) and fr_fast[dev] editable, which builds
-# the fr_fast._C extension: setup.py finds the CUDA toolkit itself and adds the CUDA kernels when it can.
+# the fr_fast._C extension: C++ kernels, plus CUDA kernels for the GPUs this machine has (none visible: C++
+# only, a few minutes). `FR_FAST_CUDA=1 make test` also builds the CUDA kernels without a GPU (as CI does).
 PYTHON_BOOT ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
