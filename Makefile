@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
-	# AutoAttack's torchattacks, without its dependencies (README, "Install"); the pin is in fr_fast/_optional.py
+	# AutoAttack's torchattacks, without its dependencies (docs/install.md); the pin is in fr_fast/_optional.py
 	$(PY) -m pip install -q --no-deps "$$($(PY) -c 'from fr_fast._optional import TORCHATTACKS; print(TORCHATTACKS)')"
 	# one line: which kernels were built, and why (pip -q hides the build's own line)
 	$(PY) -c 'from fr_fast.ops import _extension as e; print(e.summary(e.LOAD_ERROR, e.build_info()))'
