@@ -1,16 +1,21 @@
-"""Build fr_fast's extension, fr_fast._C: C++ kernels always, CUDA kernels when a CUDA build of torch and a
-CUDA toolkit are there. Metadata lives in pyproject.toml; this file only describes the extension.
+"""Build fr_fast's extension, fr_fast._C: C++ kernels always, CUDA kernels for the GPUs this machine has (or
+the architectures asked for). Metadata lives in pyproject.toml; this file only describes the extension.
 
-No environment variable is needed. These override the defaults:
-  FR_FAST_CPU_ONLY=1       skip the CUDA sources
+Which kernels are built (one line on stderr says which, and why; `pip -v` shows it):
+  a GPU is visible             C++ + CUDA kernels for the visible GPUs' architectures
+  no GPU visible               C++ kernels only (a CUDA build for no GPU takes ~20 minutes for nothing)
+  TORCH_CUDA_ARCH_LIST="8.0;9.0"  C++ + CUDA kernels for those architectures, GPU or not
+  FR_FAST_CUDA=1               C++ + CUDA kernels (for the visible GPUs, else DEFAULT_CUDA_ARCHS); the build
+                               fails when they cannot be built instead of falling back to C++ only
+  FR_FAST_CPU_ONLY=1           C++ kernels only
+Other settings:
   CUDA_HOME / CUDA_PATH    the CUDA toolkit (default: the toolkit that `nvcc` on PATH runs, wrappers
                            followed, else /usr/local/cuda)
-  TORCH_CUDA_ARCH_LIST     GPU architectures (default: the visible GPUs', else DEFAULT_CUDA_ARCHS)
   MAX_JOBS                 parallel compile jobs (torch's ninja build reads it)
   FR_FAST_DEBUG=1          -O0 -g, unstripped (release builds are -O3 and stripped)
   FR_FAST_PORTABLE=1       no AVX2/FMA/F16C even where the build machine has them
   FR_FAST_NO_EXT=1         no extension at all (the pure-PyTorch reference ops run)
-When the CUDA part cannot be built, the CPU extension is built instead, with a one-line warning.
+Unless FR_FAST_CUDA=1, a CUDA build that fails falls back to the C++ extension, with a one-line warning.
 """
 from __future__ import annotations
 
@@ -22,17 +27,22 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
-# Architectures compiled when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (a build machine, CI):
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "build_backend"))
+from fr_fast_backend import installed_torch_version, public_version  # noqa: E402  (one place for both)
+
+# Architectures compiled for FR_FAST_CUDA=1 when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (CI):
 # sm_75 (Turing), sm_80 (Ampere; its code also runs on 8.6/8.9), sm_90 (Hopper), plus sm_90 PTX that the
 # driver compiles for newer GPUs (Blackwell). Those the toolkit cannot target are dropped.
 DEFAULT_CUDA_ARCHS = ("7.5", "8.0", "9.0")
 CONVENTIONAL_CUDA_HOMES = ("/usr/local/cuda", "/opt/cuda")
 _FIX = "set CUDA_HOME to the toolkit's root, or FR_FAST_CPU_ONLY=1 to build without CUDA"
+_ADD_CUDA = 'FR_FAST_CUDA=1 or TORCH_CUDA_ARCH_LIST="8.0;9.0" adds the CUDA kernels'
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+def _flag(name: str, environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(name, "0").lower() in ("1", "true", "yes")
 
 
 def _warn(message: str) -> None:
@@ -124,10 +134,75 @@ def _nvcc_output(home: str, *args: str) -> str:
         return ""
 
 
-def _cuda_plan(torch) -> tuple[str | None, str | None]:
-    """(toolkit root to build the CUDA kernels with, None) or (None, why they are not built)."""
-    if _flag("FR_FAST_CPU_ONLY"):
-        return None, "FR_FAST_CPU_ONLY=1"
+class BuildError(SystemExit):
+    """A build setting that cannot be honoured: one line, no traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(f"fr_fast: error: {message}")
+
+
+class CudaRequest(NamedTuple):
+    """Whether to build the CUDA kernels, decided from the environment and the visible GPUs."""
+
+    want: bool            # build them
+    required: bool        # FR_FAST_CUDA=1: fail the build rather than fall back to the C++ kernels
+    archs: str | None     # TORCH_CUDA_ARCH_LIST to compile for (None: DEFAULT_CUDA_ARCHS the toolkit has)
+    why: str              # what decided it, for the build's one line
+
+
+def cuda_request(environ: Mapping[str, str], visible_archs: Sequence[str]) -> CudaRequest:
+    """The CUDA part of the build: asked for (FR_FAST_CUDA=1, TORCH_CUDA_ARCH_LIST), or for the GPUs visible
+    (``visible_archs``: compute capabilities such as "8.0"), else none. FR_FAST_CPU_ONLY=1 wins."""
+    cpu_only, forced = _flag("FR_FAST_CPU_ONLY", environ), _flag("FR_FAST_CUDA", environ)
+    if cpu_only and forced:
+        raise BuildError("FR_FAST_CPU_ONLY=1 and FR_FAST_CUDA=1 contradict each other: unset one of them")
+    if cpu_only:
+        return CudaRequest(False, False, None, "FR_FAST_CPU_ONLY=1")
+    listed = environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if listed:
+        return CudaRequest(True, forced, listed, f"TORCH_CUDA_ARCH_LIST={listed}")
+    if visible_archs:
+        archs = sorted(set(visible_archs), key=lambda arch: tuple(int(part) for part in arch.split(".")))
+        gpus = "the visible GPU" if len(archs) == 1 else "the visible GPUs"
+        return CudaRequest(True, forced, ";".join(archs), f"{gpus}, sm_{', sm_'.join(a.replace('.', '') for a in archs)}")
+    if forced:
+        return CudaRequest(True, True, None, "FR_FAST_CUDA=1, no GPU visible: the default architectures")
+    return CudaRequest(False, False, None, "no GPU visible")
+
+
+def plan_line(request: CudaRequest, problem: str | None, arch_list: str | None) -> str:
+    """The one line the build prints about its choice (``problem``: why the wanted CUDA part cannot be built)."""
+    if request.want and problem is None:
+        return f"fr_fast: building the C++ and CUDA kernels for TORCH_CUDA_ARCH_LIST={arch_list} ({request.why})"
+    if request.want:
+        return (f"fr_fast: warning: building the C++ kernels only: the CUDA kernels were asked for "
+                f"({request.why}) but {problem}")
+    hint = "" if request.why == "FR_FAST_CPU_ONLY=1" else f"; {_ADD_CUDA}"
+    return f"fr_fast: building the C++ kernels only ({request.why}{hint})"
+
+
+def torch_mismatch(build_version: str, installed_version: str | None) -> str | None:
+    """Why the extension being compiled against torch ``build_version`` would not load into this environment's
+    torch (``installed_version``; None when it has none yet), or None."""
+    if installed_version is None or public_version(build_version) == public_version(installed_version):
+        return None
+    return (f"compiling against torch {build_version} (an isolated build environment) for an environment with "
+            f"torch {installed_version}: the kernels will not load there; build with `pip install "
+            f"--no-build-isolation .`")
+
+
+def _visible_gpu_archs(torch) -> list[str]:
+    if torch.version.cuda is None:
+        return []
+    try:
+        return [f"{major}.{minor}" for major, minor in
+                (torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))]
+    except Exception:  # no driver, or a broken one: nothing visible
+        return []
+
+
+def _cuda_problem(torch) -> tuple[str | None, str | None]:
+    """(toolkit root, None), or (None, why the CUDA kernels cannot be built here)."""
     if torch.version.cuda is None:
         return None, f"torch {torch.__version__} is a CPU-only build (install a CUDA build of torch)"
     home, how = find_cuda_toolkit(os.environ)
@@ -139,10 +214,29 @@ def _cuda_plan(torch) -> tuple[str | None, str | None]:
     if release.group(1) != torch.version.cuda.split(".")[0]:
         return None, (f"the toolkit in {home} is CUDA {release.group(1)}.{release.group(2)}, torch was built with "
                       f"CUDA {torch.version.cuda} ({_FIX} of the same major version)")
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
+    return home, None
+
+
+def _cuda_plan(torch) -> tuple[str | None, str | None, bool]:
+    """(toolkit root, None, required) to build the CUDA kernels, or (None, why not, required). Sets
+    TORCH_CUDA_ARCH_LIST for torch's builder and prints the one line that states the choice."""
+    request = cuda_request(os.environ, _visible_gpu_archs(torch))
+    if not request.want:
+        print(plan_line(request, None, None), file=sys.stderr, flush=True)
+        return None, request.why, False
+    home, problem = _cuda_problem(torch)
+    if problem is not None:
+        if request.required:
+            raise BuildError(f"FR_FAST_CUDA=1 but the CUDA kernels cannot be built: {problem}")
+        print(plan_line(request, problem, None), file=sys.stderr, flush=True)
+        return None, problem, False
+    if request.archs is None:
         supported = set(re.findall(r"compute_(\d+)", _nvcc_output(home, "--list-gpu-arch"))) or None
         os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_arch_list(supported)
-    return home, None
+    else:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = request.archs
+    print(plan_line(request, None, os.environ["TORCH_CUDA_ARCH_LIST"]), file=sys.stderr, flush=True)
+    return home, None, request.required
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,10 +268,12 @@ def _extensions() -> tuple[list, dict]:
         return [], {}
     import torch
 
-    cuda_home, no_cuda = _cuda_plan(torch)
-    if no_cuda is not None and not _flag("FR_FAST_CPU_ONLY"):
-        _warn(f"building without the CUDA kernels: {no_cuda}")
-    build_info = {"torch": torch.__version__, "cuda": cuda_home is not None, "no_cuda": no_cuda}
+    mismatch = torch_mismatch(torch.__version__, installed_torch_version())
+    if mismatch is not None:
+        _warn(mismatch)
+    cuda_home, no_cuda, cuda_required = _cuda_plan(torch)
+    build_info = {"torch": torch.__version__, "cuda": cuda_home is not None, "no_cuda": no_cuda,
+                  "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda_home is not None else None}
     if cuda_home is not None:  # before cpp_extension is imported: it reads CUDA_HOME once, at import
         os.environ["CUDA_HOME"] = cuda_home
     from torch.utils import cpp_extension
@@ -202,7 +298,11 @@ def _extensions() -> tuple[list, dict]:
                 if not any(source.endswith(".cu") for ext in self.extensions for source in ext.sources):
                     raise
                 reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-                build_info.update(cuda=False, no_cuda=f"the CUDA sources failed to compile: {reason}")
+                if cuda_required:
+                    raise BuildError(f"FR_FAST_CUDA=1 but the CUDA sources failed to compile: {reason} (pip -v "
+                                     "shows the compiler's output)") from err
+                build_info.update(cuda=False, cuda_archs=None,
+                                  no_cuda=f"the CUDA sources failed to compile: {reason}")
                 _warn(f"building without the CUDA kernels: {build_info['no_cuda']} (pip -v shows the "
                       f"compiler's output; {_FIX})")
                 self.extensions[:] = [cpu_extension()]

@@ -118,6 +118,7 @@ def spectral_analyses(records: dict, args: argparse.Namespace, test_set) -> dict
     plots.plot_filtered_accuracy(low, figures / "filtered_accuracy.png", high=high,
                                     title="Fashion-MNIST (32x32): accuracy on LPF / HPF test images")
     plots.plot_spectra(spectra, figures / "perturbation_spectra.png")
+    plots.save_json(spectra, figures / "perturbation_spectra.json")  # so that the figure can be redrawn
     return {"bandwidths": bandwidths, "low": low, "high": high}
 
 

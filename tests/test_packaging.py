@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,6 +119,84 @@ def test_default_arch_list(setup_py, supported, expected):
     assert setup_py.default_cuda_arch_list(supported) == expected
 
 
+# ------------------------------------------------------------------------------ which kernels are built
+@pytest.mark.parametrize("environ, visible, want, required, archs", [
+    ({}, [], False, False, None),                                          # no GPU: C++ only
+    ({}, ["9.0", "8.0", "9.0"], True, False, "8.0;9.0"),                   # the visible GPUs' archs
+    ({"TORCH_CUDA_ARCH_LIST": "8.6"}, [], True, False, "8.6"),             # asked for by arch list
+    ({"TORCH_CUDA_ARCH_LIST": "8.6"}, ["9.0"], True, False, "8.6"),        # the list wins over the GPUs
+    ({"FR_FAST_CUDA": "1"}, [], True, True, None),                         # asked for: default archs, required
+    ({"FR_FAST_CUDA": "1"}, ["10.0", "8.0"], True, True, "8.0;10.0"),
+    ({"FR_FAST_CPU_ONLY": "1", "TORCH_CUDA_ARCH_LIST": "9.0"}, ["9.0"], False, False, None),
+])
+def test_cuda_request(setup_py, environ, visible, want, required, archs):
+    request = setup_py.cuda_request(environ, visible)
+    assert (request.want, request.required, request.archs) == (want, required, archs)
+
+
+def test_contradictory_flags_are_one_line_errors(setup_py):
+    with pytest.raises(SystemExit) as err:
+        setup_py.cuda_request({"FR_FAST_CPU_ONLY": "1", "FR_FAST_CUDA": "1"}, [])
+    assert _one_line(str(err.value.code)).startswith("fr_fast: error: FR_FAST_CPU_ONLY=1 and FR_FAST_CUDA=1")
+
+
+def test_plan_line_states_the_choice(setup_py):
+    no_gpu = setup_py.cuda_request({}, [])
+    line = _one_line(setup_py.plan_line(no_gpu, None, None))
+    assert "C++ kernels only (no GPU visible" in line and "FR_FAST_CUDA=1" in line  # says how to add CUDA
+    asked_cpu = setup_py.cuda_request({"FR_FAST_CPU_ONLY": "1"}, ["9.0"])
+    assert setup_py.plan_line(asked_cpu, None, None) == "fr_fast: building the C++ kernels only (FR_FAST_CPU_ONLY=1)"
+    gpu = setup_py.cuda_request({}, ["8.0"])
+    line = _one_line(setup_py.plan_line(gpu, None, "8.0"))
+    assert "C++ and CUDA kernels for TORCH_CUDA_ARCH_LIST=8.0 (the visible GPU, sm_80)" in line
+    line = _one_line(setup_py.plan_line(gpu, "no CUDA toolkit found", None))
+    assert "warning" in line and "C++ kernels only" in line and "no CUDA toolkit found" in line
+
+
+class _FakeTorch:
+    """What _cuda_plan reads of torch: a CPU-only build (torch.version.cuda is None)."""
+
+    __version__ = "2.99.0+cpu"
+
+    class version:
+        cuda = None
+
+
+def test_cuda_plan_prints_its_choice(setup_py, monkeypatch, capsys):
+    for var in ("FR_FAST_CPU_ONLY", "FR_FAST_CUDA", "TORCH_CUDA_ARCH_LIST"):
+        monkeypatch.delenv(var, raising=False)
+    assert setup_py._cuda_plan(_FakeTorch) == (None, "no GPU visible", False)
+    assert "C++ kernels only (no GPU visible" in _one_line(capsys.readouterr().err)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # wanted, not possible: warns and falls back
+    home, why, _ = setup_py._cuda_plan(_FakeTorch)
+    assert home is None and "CPU-only build" in why
+    assert "warning" in _one_line(capsys.readouterr().err)
+    monkeypatch.setenv("FR_FAST_CUDA", "1")  # required: the build fails in one line instead
+    with pytest.raises(SystemExit, match=r"^fr_fast: error: FR_FAST_CUDA=1 but the CUDA kernels cannot be built"):
+        setup_py._cuda_plan(_FakeTorch)
+
+
+# ------------------------------------------------------------------------------ build isolation
+def test_isolated_build_compiles_against_the_installed_torch(setup_py):
+    backend = sys.modules["fr_fast_backend"]  # imported by setup.py
+    installed = backend.installed_torch_version()  # seen from a fresh interpreter, as pip's build would
+    assert installed is not None and installed.split("+")[0] == torch.__version__.split("+")[0]
+    assert backend.torch_build_requirement("2.14.1+cu130") == "torch==2.14.1"
+    assert backend.torch_build_requirement(None) == backend.TORCH_REQUIREMENT  # nothing installed yet
+    assert backend.installed_torch_version("/nonexistent/python") is None
+
+
+def test_torch_mismatch_at_build_time(setup_py):
+    assert setup_py.torch_mismatch("2.15.0+cu130", "2.15.0") is None
+    assert setup_py.torch_mismatch("2.15.0", None) is None  # pip installs torch next: the same newest one
+    line = _one_line(setup_py.torch_mismatch("2.15.0", "2.14.1+cu130"))
+    assert "torch 2.15.0" in line and "torch 2.14.1+cu130" in line and "--no-build-isolation" in line
+
+
+def test_no_placeholder_urls():
+    assert "example.org" not in (ROOT / "pyproject.toml").read_text()
+
+
 # ------------------------------------------------------------------------------ missing extras
 def _one_line(message: str) -> str:
     assert "\n" not in message.strip(), message
@@ -156,7 +235,7 @@ def test_autoattack_without_torchattacks(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     model = torch.nn.Linear(4, 10)
     with pytest.raises(MissingExtraError, match=r"fr_fast\[eval\]"):
-        fr_fast.robustness.attacks.autoattack(model, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), eps=0.1)
+        fr_fast.attacks.autoattack(model, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), eps=0.1)
 
 
 def test_plots_without_matplotlib(monkeypatch, tmp_path):
@@ -193,3 +272,30 @@ def test_extension_built_for_another_torch_is_explained():
     plain = ImportError("No module named 'fr_fast._C'")
     assert _extension.explain(plain, {"torch": "2.14.1"}, "2.14.1+cu130") == str(plain)
     assert "another version" in _extension.explain(error, {}, "2.14.1")
+
+
+def test_import_warns_once_in_one_line_when_the_kernels_do_not_load():
+    """A real interpreter whose fr_fast._C cannot be imported: one warning line at `import fr_fast`, none at the
+    first op, and the reference ops run."""
+    code = ("import sys; sys.modules['fr_fast._C'] = None\n"
+            "import torch, fr_fast\n"
+            "fr_fast.fr_loss(torch.randn(2, 10), torch.randn(2, 10))\n"
+            "x = torch.rand(2, 3); fr_fast.pgd_step_(x.clone(), torch.randn(2, 3), x, 0.01, 0.03)\n"
+            "print(fr_fast.backend('cpu'))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "default"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "reference"
+    line = _one_line(result.stderr)
+    assert "KernelsNotLoadedWarning: fr_fast: fused kernels not loaded" in line and "fr_fast._C" in line
+
+
+def test_no_kernel_reason_and_summary():
+    info = {"torch": "2.14.1", "cuda": False, "no_cuda": "no GPU visible", "cuda_archs": None}
+    reason = _one_line(_extension.no_kernel_reason("cuda", info))
+    assert "without CUDA kernels (no GPU visible)" in reason and "FR_FAST_CUDA=1" in reason
+    assert "'mps'" in _extension.no_kernel_reason("mps", info)
+    assert _extension.summary(None, info) == "fr_fast: C++ kernels only (no GPU visible; torch 2.14.1)"
+    cuda = {"torch": "2.14.1", "cuda": True, "no_cuda": None, "cuda_archs": "8.0;9.0+PTX"}
+    assert "C++ and CUDA kernels (TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX, torch 2.14.1)" in _extension.summary(None, cuda)
+    assert "reference ops run: boom" in _extension.summary("boom", cuda)

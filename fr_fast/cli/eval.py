@@ -32,6 +32,8 @@ class EvalOptions:
     alpha: Union[float, None] = knob(None, "PGD/CW step size (null: eps/4)")
     aa_version: str = knob("standard", f"AutoAttack version: {' | '.join(atk.AA_VERSIONS)}")
     aa_steps: int = knob(100, "APGD/FAB iterations of AutoAttack (official: 100)")
+    aa_implementation: str = knob("auto", "AutoAttack implementation: auto (the official autoattack package "
+                                  "when installed, else torchattacks) | official | torchattacks")
     restarts: int = knob(1, "PGD/CW restarts")
     cw_kappa: Union[float, None] = knob(None, "cap of the CW-inf margin (Carlini-Wagner's kappa, e.g. 0); null: "
                                         "uncapped, the FR authors' form behind the published C&W numbers")
@@ -81,7 +83,8 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
     eps = cfg["eps"] if opts.eps is None else opts.eps
     report = evaluate(model, dataset, eps=eps, alpha=opts.alpha, attacks=attacks,
                       n_examples=opts.n_examples, batch_size=opts.batch_size, aa_version=opts.aa_version,
-                      aa_steps=opts.aa_steps, restarts=opts.restarts, eps_curve=opts.eps_curve,
+                      aa_steps=opts.aa_steps, aa_implementation=opts.aa_implementation,
+                      restarts=opts.restarts, eps_curve=opts.eps_curve,
                       device=device, seed=opts.seed, progress=opts.progress, cw_kappa=opts.cw_kappa)
     report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"),
                   runtime=environment, weights=cfg["weights"])

@@ -159,7 +159,7 @@ class TrainConfig:
                              "models and batches, where kernel launches dominate) | max-autotune")
     cuda_graph: bool = knob(False, "the training step without host synchronisation (statistics stay on the device, "
                             "a non-finite loss skips the update on the device); on CUDA it is captured in one CUDA "
-                            "graph and replayed per batch (README: CUDA-graph step)")
+                            "graph and replayed per batch (see docs/training.md)")
     log_every: int = knob(50, "with cuda_graph: read the step statistics (loss, accuracy, skipped updates) every N "
                           "steps and at the end of the epoch; a non-finite loss stops the run at the next read")
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")

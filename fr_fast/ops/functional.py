@@ -2,7 +2,8 @@
 
 Python decides, kernels compute: every public function validates its arguments, picks the C++/CUDA
 kernel when the extension provides one for the tensors' device, and otherwise falls back to
-``fr_fast.ops.reference`` (with a one-time warning).
+``fr_fast.ops.reference`` (with a one-time warning: at import when the extension did not load, else at
+the first op on a device it has no kernel for).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from fr_fast.ops import reference
+from fr_fast.ops import _extension, reference
 from fr_fast.ops._extension import LOAD_ERROR as EXTENSION_ERROR  # None once the kernels are registered
 from fr_fast.ops.reference import DISTANCES, FFT_MODES, REDUCTIONS
 from fr_fast.utils.checks import check_choice, check_radius
@@ -51,9 +52,9 @@ def _fused(device: torch.device) -> bool:
     global _warned
     if device.type in _KERNEL_DEVICES:  # the hot path: one set lookup
         return True
-    if not _warned:
+    if not _warned and EXTENSION_ERROR is None:  # a load error was reported once, at import
         _warned = True
-        reason = EXTENSION_ERROR or f"no kernel for device type {device.type!r}"
+        reason = _extension.no_kernel_reason(device.type, _extension.build_info())
         warnings.warn(f"fr_fast: fused kernels unavailable ({reason}); using the pure-PyTorch reference ops",
                       RuntimeWarning, stacklevel=3)
     return False

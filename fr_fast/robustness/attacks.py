@@ -8,8 +8,8 @@ inside the model) and integer labels, and returns ``x_adv`` with ``||x_adv - x||
   (train/eval mode, autocast), only the input gradient is computed, no host sync inside the loop.
 * :func:`pgd`, :func:`cw` -- evaluation-facing: float32, eval mode, input validation, restarts,
   and the model's state (train/eval flags, ``requires_grad`` flags, ``.grad``) left untouched.
-* :func:`autoattack` -- AutoAttack assembled from the torchattacks port (pinned: torchattacks 3.5.1)
-  with the settings of the official implementation (see its docstring).
+* :func:`autoattack` -- AutoAttack: the official package when installed, else assembled from the
+  torchattacks port (pinned: torchattacks 3.5.1) with the official settings (see its docstring).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fr_fast._optional import require
 from fr_fast.models.modes import eval_mode
 from fr_fast.ops.functional import pgd_step_, random_start_
+from fr_fast.robustness import autoattack_impl
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LOSSES = ("ce", "cw")
@@ -282,22 +282,20 @@ def cw(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: floa
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, version: str = "standard",
-               *, steps: int = 100, n_queries: int = 5000, seed: int = 0, verbose: bool = False) -> Tensor:
-    """AutoAttack (Croce & Hein 2020), L-inf, built from the torchattacks 3.5.1 port of its attacks.
-
-    We assemble the ensemble ourselves from torchattacks' APGD, APGDT, FAB and Square (run in
-    sequence on the examples still correctly classified, torchattacks.MultiAttack) because
-    ``torchattacks.AutoAttack`` keeps those classes' default of 10 iterations, while the official
-    ``autoattack`` package (not on PyPI) runs 100. Settings follow the official package:
+               *, steps: int = 100, n_queries: int = 5000, seed: int = 0, verbose: bool = False,
+               implementation: str = "auto") -> Tensor:
+    """AutoAttack (Croce & Hein 2020), L-inf: the official ``autoattack`` package when it is installed, else the
+    torchattacks 3.5.1 port of its attacks assembled with the official settings
+    (:mod:`fr_fast.robustness.autoattack_impl`; :func:`aa_implementation` says which one runs).
 
     * "standard": APGD-CE (100 it.), APGD-T (DLR, 9 target classes, 100 it.), FAB-T (9 targets,
-      100 it.), Square (5000 queries, p schedule not rescaled: ``resc_schedule=False``); one restart each.
+      100 it.), Square (5000 queries, p schedule not rescaled); one restart each.
     * "fast" (ours, for quick checks): APGD-CE + APGD-T only, same settings.
     * "rand" (for randomised defences): APGD-CE + APGD-DLR with EOT over 20 draws.
 
     The paper describes AA as "APGD-CE, APGD-DLR, FAB and Square"; we use the standard version
     (targeted APGD-DLR and FAB), which is what the official package runs for "standard".
-    Runs in float32, eval mode, parameters frozen, model state restored. torchattacks seeds the
+    Runs in float32, eval mode, parameters frozen, model state restored. Both implementations seed the
     global RNG; we fork the RNG so the caller's random state is unchanged.
 
     Parameters
@@ -310,48 +308,39 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, ver
     steps : iterations of APGD / APGD-T / FAB (official: 100)
     n_queries : Square's query budget (official: 5000)
     seed : seed of the attacks' random starts
-    verbose : print torchattacks' progress
+    verbose : print the attacks' progress
+    implementation : "auto" (official when installed) | "official" | "torchattacks"
 
     Returns
     -------
     (B, C, H, W) float32 tensor ``x_adv`` in [0, 1] with ``||x_adv - x||_inf <= eps`` (projected
     once more for safety), in x's memory format; examples no attack broke are returned unchanged.
     """
-    torchattacks = require("torchattacks", "AutoAttack")  # heavy import, only needed here
-
+    kind, module = autoattack_impl.choose(implementation)  # heavy import, only needed here
     _check_scalars(eps, None, steps)
     if version not in AA_VERSIONS:
         raise ValueError(f"version must be one of {AA_VERSIONS}, got {version!r}")
     num_classes = _check_eval_inputs(model, x, y)
     if num_classes < 4:  # the targeted DLR loss reads the 4th-largest logit
         raise ValueError(f"autoattack needs a model with >= 4 classes, got {num_classes}")
-    # torchattacks attacks (n_classes - 1) targets; the official package attacks min(9, K - 1).
-    n_classes = min(num_classes, 10)
     x_nat = x.detach().float().clamp(0.0, 1.0).contiguous()  # torchattacks reshapes with .view
     y = y.to(device=x.device, dtype=torch.long)
     if eps == 0 or x.shape[0] == 0:
         return x_nat.clone(memory_format=torch.preserve_format).to(memory_format=_memory_format(x))
 
-    common = dict(norm="Linf", eps=eps, seed=seed, verbose=verbose)
-    ta = torchattacks
-    if version == "rand":
-        attacks = [ta.APGD(model, steps=steps, loss="ce", eot_iter=20, n_restarts=1, **common),
-                   ta.APGD(model, steps=steps, loss="dlr", eot_iter=20, n_restarts=1, **common)]
-    else:
-        attacks = [ta.APGD(model, steps=steps, loss="ce", n_restarts=1, **common),
-                   ta.APGDT(model, steps=steps, n_classes=n_classes, n_restarts=1, **common)]
-        if version == "standard":
-            attacks += [ta.FAB(model, steps=steps, multi_targeted=True, n_classes=n_classes,
-                               n_restarts=1, **common),
-                        # resc_schedule=False as the official package: p shrinks at fixed query counts
-                        # (torchattacks' default stretches that schedule to n_queries).
-                        ta.Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, resc_schedule=False,
-                                  **common)]
-    ensemble = ta.MultiAttack(attacks)
+    run = autoattack_impl.run_official if kind == "official" else autoattack_impl.run_torchattacks
     fork_devices = [x.device] if x.device.type == "cuda" else []
     with _attack_context(model, x.device), torch.random.fork_rng(devices=fork_devices):
-        x_adv = ensemble(x_nat, y).detach()
+        # the official package attacks min(9, K - 1) target classes
+        x_adv = run(module, model, x_nat, y, eps=eps, version=version, steps=steps, n_queries=n_queries,
+                    n_targets=min(num_classes - 1, 9), seed=seed, verbose=verbose).detach()
     return _project_(x_adv, x_nat, eps).to(memory_format=_memory_format(x))
+
+
+def aa_implementation(implementation: str = "auto") -> str:
+    """Which AutoAttack :func:`autoattack` runs, as the reports name it ("torchattacks 3.5.1",
+    "autoattack 0.1 (official)"). Raises MissingExtraError when none is installed."""
+    return autoattack_impl.describe(*autoattack_impl.choose(implementation))
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from fr_fast._optional import require
 from fr_fast.robustness import attacks as atk
 from fr_fast.robustness.measure import batches, example_count, is_correct, model_device, progress_bar
 
@@ -53,11 +52,12 @@ class AttackSpec:
 
 
 def attack_spec(name: str, eps: float, alpha: float, *, aa_version: str = "standard", aa_steps: int = 100,
-                restarts: int = 1, cw_kappa: float | None = None) -> AttackSpec:
+                restarts: int = 1, cw_kappa: float | None = None, aa_implementation: str = "auto") -> AttackSpec:
     """Parse an attack name: "clean", "pgdN" (N steps, CE), "cw" / "cwN" (CW-inf, default 30 steps), "aa".
 
     ``alpha`` is the PGD/CW step size; AutoAttack is step-size free (``aa_steps``: APGD/FAB iterations,
-    100 in the official standard version).
+    100 in the official standard version; ``aa_implementation``: see :func:`fr_fast.robustness.attacks.autoattack`,
+    the settings name the one that runs).
     """
     if name == "clean":
         return AttackSpec(name, {"attack": "none"}, lambda m, x, y: x)
@@ -75,13 +75,13 @@ def attack_spec(name: str, eps: float, alpha: float, *, aa_version: str = "stand
         return AttackSpec(name, settings, lambda m, x, y: atk.pgd(m, x, y, eps=eps, alpha=alpha, steps=steps,
                                                                   loss=loss, restarts=restarts, cw_kappa=kappa))
     if name == "aa":
-        torchattacks = require("torchattacks", "AutoAttack")
+        implementation = atk.aa_implementation(aa_implementation)  # fails here, before any attack runs
         if aa_version not in atk.AA_VERSIONS:
             raise ValueError(f"aa_version must be one of {atk.AA_VERSIONS}, got {aa_version!r}")
         settings = {"attack": "autoattack", "version": aa_version, "eps": eps, "steps": aa_steps,
-                    "n_queries": 5000, "implementation": f"torchattacks {torchattacks.__version__}"}
-        return AttackSpec(name, settings, lambda m, x, y: atk.autoattack(m, x, y, eps=eps, version=aa_version,
-                                                                         steps=aa_steps))
+                    "n_queries": 5000, "implementation": implementation}
+        return AttackSpec(name, settings, lambda m, x, y: atk.autoattack(
+            m, x, y, eps=eps, version=aa_version, steps=aa_steps, implementation=aa_implementation))
     raise ValueError(f"unknown attack {name!r}: use clean, pgdN (e.g. pgd20), cw, cwN or aa")
 
 
@@ -94,7 +94,8 @@ class _Tally:
 
 def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: float | None = None,
              attacks: Sequence[str] = DEFAULT_ATTACKS, n_examples: int | None = None, batch_size: int = 256,
-             aa_version: str = "standard", aa_steps: int = 100, restarts: int = 1, eps_curve: bool = True,
+             aa_version: str = "standard", aa_steps: int = 100, aa_implementation: str = "auto",
+             restarts: int = 1, eps_curve: bool = True,
              curve_examples: int = 500, curve_steps: int = 20, device: str | torch.device | None = None,
              seed: int = 0, progress: bool = True, cw_kappa: float | None = None) -> dict:
     """Robust accuracy of ``model`` under several L-inf attacks, plus sanity checks.
@@ -111,6 +112,8 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     batch_size : batch size when ``data`` is a Dataset
     aa_version : AutoAttack version ("standard" | "fast" | "rand")
     aa_steps : APGD/FAB iterations of AutoAttack (official: 100; fewer only for quick checks)
+    aa_implementation : "auto" (the official autoattack package when installed, else torchattacks) |
+        "official" | "torchattacks"; the report's settings name the one that ran
     restarts : PGD/CW restarts
     eps_curve : also run PGD at eps * (0, 1/4, 1/2, 1, 2) (alpha = eps / 4) and at eps = 0.5 on the
         first ``curve_examples`` examples (the monotonicity and large-eps checks)
@@ -131,7 +134,8 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     alpha = eps / 4 if alpha is None else alpha
     device = model_device(model) if device is None else torch.device(device)
     specs = [attack_spec(name, eps, alpha, aa_version=aa_version, aa_steps=aa_steps, restarts=restarts,
-                         cw_kappa=cw_kappa) for name in attacks]
+                         cw_kappa=cw_kappa, aa_implementation=aa_implementation)
+             for name in attacks]
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"attacks has duplicates: {list(attacks)}")
     curve_eps = [eps * f for f in CURVE_FRACTIONS] if eps_curve else []

@@ -2,7 +2,8 @@
 
 RobustBench entries hold accuracies as strings with two decimals and eps as a fraction string; the
 bibliographic fields (link, authors, venue, reported) are left empty for the submitter to fill. The
-``evaluation`` block adds what a comparison needs: the AutoAttack settings, the number of test
+``evaluation`` block adds what a comparison needs: the AutoAttack settings (with the implementation that
+ran: the official package or the torchattacks port, which the footnote also names), the number of test
 images, and the runtime the numbers were produced with.
 """
 from __future__ import annotations
@@ -52,6 +53,9 @@ def robustbench_entry(report: dict[str, Any], *, name: str, model: str | None,
     notes = []
     if aa.get("version") != "standard":
         notes.append(f"AutoAttack version {aa.get('version')!r}, not 'standard'")
+    implementation = aa.get("implementation", "unknown")
+    if not implementation.endswith("(official)"):
+        notes.append(f"AutoAttack run with {implementation}, not the official autoattack package")
     if full is not None and report["n_examples"] < full:
         notes.append(f"{report['n_examples']} of {full} test images")
     return {

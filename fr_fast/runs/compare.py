@@ -118,21 +118,25 @@ def format_table(runs: list[Run]) -> str:
 
 
 def plot_curves(runs: list[Run], path: str | Path) -> Path:
-    """Validation clean and PGD accuracy (%) per epoch of every run, two panels, saved as a PNG."""
+    """Validation clean and PGD accuracy (%) per epoch of every run: two panels sharing both axes (so the two
+    accuracies read on one scale), whole-epoch ticks, one colour per run; saved as a PNG."""
     matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True, sharey=True)
     for run in runs:
         rows = [h for h in run.history if "val_pgd" in h]
         epochs = [h["epoch"] for h in rows]
         for ax, key in zip(axes, ("val_clean", "val_pgd")):
             ax.plot(epochs, [h[key] for h in rows], marker="o", markersize=3, label=run.name)
-    for ax, title in zip(axes, ("validation clean accuracy (%)", "validation PGD accuracy (%)")):
+    for ax, title in zip(axes, ("clean accuracy (validation)", "PGD accuracy (validation)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -5,7 +5,8 @@ Writes, for all checkpoints together (several models on one figure where it make
 * ``lpf`` -> ``filtered_accuracy.{png,csv,json}`` and ``summary.md``: accuracy on low/high-pass
   filtered test images per bandwidth (paper Table 1).
 * ``spectrum`` -> ``perturbation_spectrum.{png,json}`` (mean |FFT| of PGD perturbations, Fig. 2)
-  and ``perturbation_examples.png`` (per-image spectra, A.4).
+  and ``perturbation_examples.{png,json}`` (per-image spectra, A.4; the json also holds the images and
+  perturbations, so that :func:`fr_fast.spectral.plots.replot` can redraw every figure from the folder).
 * ``bands`` -> ``band_accuracy.{png,json,csv}``: robust accuracy with low/high-pass filtered
   perturbations and clean accuracy of low-pass inputs (Fig. 3).
 * ``heatmap`` -> ``fourier_heatmap.{png,json}``: Fourier heat maps (Fig. 4, Yin et al. 2019).
@@ -122,10 +123,6 @@ def _stack(ds, n: int) -> tuple[Tensor, Tensor]:
     return torch.stack(xs), torch.as_tensor(ys)
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
     """Run the analyses ``args.what`` on each checkpoint, write figures, tables and summary.md to ``args.out``;
     returns {"meta", "low_pass", "high_pass", "bands", "spectra", "heatmaps", "written"} (written: the files)."""
@@ -197,7 +194,6 @@ def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
     stages.close()
 
     written = []
-    plots.save_json(meta, out / "meta.json")
     if low:
         written.append(plots.plot_filtered_accuracy(low, out / "filtered_accuracy.png", high=high))
         rows = {f"{n} LPF": r for n, r in low.items()} | {f"{n} HPF": r for n, r in high.items()}
@@ -211,18 +207,22 @@ def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
     if "spectrum" in what and spectra:
         written.append(plots.plot_spectra(spectra, out / "perturbation_spectrum.png"))
         plots.save_json(spectra, out / "perturbation_spectrum.json")
-        per_image = {f"{n} #{i}": s for n, r in examples.items() for i, s in enumerate(r.spectra)}
-        written.append(plots.plot_spectra(per_image, out / "perturbation_examples.png",
-                                       title="|FFT| of single PGD perturbations (centred; log10)"))
+        written.append(plots.plot_spectrum_examples({n: list(r.spectra) for n, r in examples.items()},
+                                                    out / "perturbation_examples.png"))
     if heatmaps:
         written.append(plots.plot_fourier_heatmaps(heatmaps, out / "fourier_heatmap.png",
-                                                title=f"Fourier heat map (error rate, v={args.heatmap_norm})"))
+                                                   title=plots.heatmap_title(args.heatmap_norm)))
         plots.save_json(heatmaps, out / "fourier_heatmap.json")
+    if examples:  # the examples' images, perturbations and spectra: what replot needs to redraw both figures
+        plots.save_json({n: {"x": r.x, "delta": r.delta, "spectra": r.spectra} for n, r in examples.items()},
+                        out / "perturbation_examples.json")
     if "panel" in what:
         for name, r in examples.items():
             bw = min(args.panel_bandwidth, min(r.x.shape[-2:]))
-            written.append(plots.plot_panel(r.x, r.delta, bw, out / f"panel_{_slug(name)}.png",
-                                         title=f"{name}: eps={meta[name]['eps']:.3g}, PGD-{args.steps}"))
+            meta[name]["panel_bandwidth"] = bw
+            written.append(plots.plot_panel(r.x, r.delta, bw, out / f"panel_{plots.slug(name)}.png",
+                                            title=plots.panel_title(name, meta[name])))
+    plots.save_json(meta, out / "meta.json")
     _write_summary(out / "summary.md", meta, low, high, bands)
     written.append(out / "summary.md")
     return {"meta": meta, "low_pass": low, "high_pass": high, "bands": bands, "spectra": spectra,

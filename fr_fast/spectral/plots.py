@@ -7,7 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Mapping
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -63,12 +64,27 @@ def save_accuracy_csv(results: Mapping[str, Mapping[int, float]], path: str | os
     return path
 
 
+# Perceptual colour maps (uniform lightness steps, readable in grey): magnitudes on viridis, error rates on
+# magma, signed perturbations on a diverging map centred on zero.
+SPECTRUM_CMAP, HEATMAP_CMAP, SIGNED_CMAP = "viridis", "magma", "RdBu_r"
+FREQ_X, FREQ_Y = "horizontal frequency (cycles/image)", "vertical frequency (cycles/image)"
+BANDWIDTH_LABEL = "bandwidth k (side of the k×k frequency square centred on DC)"
+
+
 def _save_figure(plt, fig, path: str, title: str | None = None) -> None:
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _integer_ticks(ax, values) -> None:
+    """Ticks at the measured integer values (bandwidths), at most ~10 of them."""
+    values = sorted(set(int(v) for v in values))
+    step = max(1, -(-len(values) // 10))
+    ax.set_xticks(values[::step])
 
 
 def plot_filtered_accuracy(
@@ -89,70 +105,162 @@ def plot_filtered_accuracy(
     """
     plt = _plt()
     path = _ensure_parent(path)
-    panels = [("low-pass (LPF) inputs", low)] + ([("high-pass (HPF) inputs", high)] if high else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    panels = [("low-pass (LPF) inputs: frequencies inside the k×k square kept", low)]
+    if high:
+        panels.append(("high-pass (HPF) inputs: frequencies inside the square removed", high))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False, sharey=True)
     for ax, (sub, results) in zip(axes[0], panels):
         for name, r in results.items():
-            ks = sorted(int(k) for k in r)
             vals = {int(k): v for k, v in r.items()}
+            ks = sorted(vals)
             ax.plot(ks, [100 * vals[k] for k in ks], marker="o", label=name)
-        ax.set_xlabel("bandwidth k")
-        ax.set_ylabel("accuracy (%)")
+            _integer_ticks(ax, ks)
+        ax.set_xlabel(BANDWIDTH_LABEL)
         ax.set_ylim(0, 100)
         ax.set_title(sub, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("test accuracy (%)")
     _save_figure(plt, fig, path, title)
     return path
 
 
-def _panel_row(path, n: int, width: float, height: float):
-    """A figure with one row of ``n`` panels (one per model): (pyplot, output path, figure, axes)."""
+def _grid(n: int, ncols: int, size: float, **kwargs):
+    """A constrained-layout figure with ``n`` square panels in rows of ``ncols``: (pyplot, figure, axes
+    as a 2-D array); unused cells are hidden."""
     if n == 0:
         raise ValueError("nothing to plot")
     plt = _plt()
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return plt, _ensure_parent(path), fig, axes[0]
+    ncols = min(n, ncols)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1.2, size * nrows + 0.6), squeeze=False,
+                             layout="constrained", **kwargs)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return plt, fig, axes
 
 
-def _heat_grid(
-    maps: Mapping[str, Tensor], path: str, title: str, cmap: str, log: bool, vmin=None, vmax=None
-) -> str:
+def _frequency_extent(h: int, w: int) -> tuple[float, float, float, float]:
+    """imshow extent (with origin="lower") putting centred-spectrum pixel (i, j) at frequency
+    (j - W//2, i - H//2): DC at (0, 0), as fr_fast.spectral.fourier centres spectra."""
+    return (-(w // 2) - 0.5, w - w // 2 - 0.5, -(h // 2) - 0.5, h - h // 2 - 0.5)
+
+
+def _frequency_ticks(n: int) -> list[int]:
+    return sorted({-(n // 2), -(n // 4), 0, n // 4, n - n // 2 - 1})
+
+
+def _frequency_image(ax, m, cmap: str, vmin: float, vmax: float, *, xlabel: bool, ylabel: bool):
+    """A centred spectrum on frequency axes, DC marked; returns the image (for the shared colourbar)."""
+    h, w = m.shape
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", extent=_frequency_extent(h, w),
+                   interpolation="nearest")
+    ax.plot(0, 0, marker="o", ms=7, mfc="none", mec="white", mew=1.2)
+    ax.annotate("DC", (0, 0), xytext=(4, 4), textcoords="offset points", color="white", fontsize=7,
+                fontweight="bold")
+    ax.set_xticks(_frequency_ticks(w))
+    ax.set_yticks(_frequency_ticks(h))
+    ax.tick_params(labelsize=7)
+    if xlabel:
+        ax.set_xlabel(FREQ_X, fontsize=8)
+    if ylabel:
+        ax.set_ylabel(FREQ_Y, fontsize=8)
+    return im
+
+
+def _shared_range(maps: list[Tensor], log: bool) -> tuple[list[Tensor], float, float]:
+    """The maps (log10 when ``log``) and one colour range for all of them. Log scales start at the 1st
+    percentile, so that a single near-zero frequency does not flatten every other contrast."""
+    maps = [m.detach().float().cpu() for m in maps]
+    if log:
+        maps = [torch.log10(m + 1e-8) for m in maps]
+    values = torch.cat([m.flatten() for m in maps])
+    low = torch.quantile(values, 0.01).item() if log else values.min().item()
+    return maps, low, values.max().item()
+
+
+def _heat_grid(maps: Mapping[str, Tensor], path: str, title: str, *, cmap: str, log: bool, label: str,
+               vmin: float | None = None, vmax: float | None = None, ncols: int = 4) -> str:
+    """One panel per map, frequency axes with DC marked, one colour scale and one colourbar for all."""
     names = list(maps)
-    plt, path, fig, axes = _panel_row(path, len(names), 3.2, 3.2)
-    for ax, name in zip(axes, names):
-        m = maps[name].detach().float().cpu()
-        if log:
-            m = torch.log10(m + 1e-8)
-        im = ax.imshow(m.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+    plt, fig, axes = _grid(len(names), ncols, 2.8, sharex=True, sharey=True)
+    values, low, high = _shared_range([maps[n] for n in names], log)
+    vmin, vmax = (low if vmin is None else vmin), (high if vmax is None else vmax)
+    nrows, ncols = axes.shape
+    for k, (ax, name) in enumerate(zip(axes.ravel(), names)):
+        row, col = divmod(k, ncols)
+        last_in_column = row == nrows - 1 or k + ncols >= len(names)
+        im = _frequency_image(ax, values[k].numpy(), cmap, vmin, vmax, xlabel=last_in_column, ylabel=col == 0)
         ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, label=label)
     _save_figure(plt, fig, path, title)
     return path
 
 
 def plot_spectra(
     spectra: Mapping[str, Tensor], path: str | os.PathLike, *, log: bool = True,
-    title: str = "Mean |FFT| of PGD perturbations (centred; log10)",
+    title: str = "Mean |FFT| of PGD perturbations (centred on DC)",
 ) -> str:
-    """Heat maps of centred (H, W) spectra side by side (one panel per model / example)."""
-    return _heat_grid(spectra, os.fspath(path), title, "jet", log)
+    """Centred (H, W) spectra side by side (one panel per model), on frequency axes with DC marked and one
+    shared colour scale (log10 |FFT| by default)."""
+    label = "log10 |FFT|" if log else "|FFT|"
+    return _heat_grid(spectra, _ensure_parent(path), title, cmap=SPECTRUM_CMAP, log=log, label=label)
+
+
+def plot_spectrum_examples(
+    examples: Mapping[str, Sequence[Tensor]], path: str | os.PathLike, *, max_examples: int = 4,
+    title: str = "|FFT| of single PGD perturbations (centred on DC)",
+) -> str:
+    """Spectra of single perturbations as a grid: one row per model, one column per example (the same test
+    images in every row), log10 |FFT| on one shared scale."""
+    names = [n for n in examples if len(examples[n])]
+    cols = min(max_examples, max((len(examples[n]) for n in names), default=0))
+    if not names or cols == 0:
+        raise ValueError("nothing to plot")
+    plt, fig, axes = _grid(len(names) * cols, cols, 2.4, sharex=True, sharey=True)
+    maps = [examples[n][c] for n in names for c in range(cols) if c < len(examples[n])]
+    values, vmin, vmax = _shared_range(maps, True)
+    k = 0
+    for r, name in enumerate(names):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(examples[name]):
+                ax.set_visible(False)
+                continue
+            im = _frequency_image(ax, values[k].numpy(), SPECTRUM_CMAP, vmin, vmax,
+                                  xlabel=r == len(names) - 1, ylabel=False)
+            k += 1
+            if r == 0:
+                ax.set_title(f"test image #{c + 1}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{name}\n{FREQ_Y}", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, label="log10 |FFT|")
+    path = _ensure_parent(path)
+    _save_figure(plt, fig, path, title)
+    return path
 
 
 def plot_fourier_heatmaps(
-    heatmaps: Mapping[str, Tensor], path: str | os.PathLike, *, title: str = "Fourier heat map (error rate)"
+    heatmaps: Mapping[str, Tensor], path: str | os.PathLike, *,
+    title: str = "Fourier heat map: error rate under noise of each frequency",
 ) -> str:
-    """Fourier heat maps (error rates in [0, 1], low frequencies centred), one panel per model."""
-    return _heat_grid(heatmaps, os.fspath(path), title, "jet", False, vmin=0.0, vmax=1.0)
+    """Fourier heat maps (error rates in [0, 1]), one panel per model: the pixel at frequency (u, v) is the
+    error rate on images plus a Fourier basis image of that frequency; DC at the centre, one 0-1 scale."""
+    return _heat_grid(heatmaps, _ensure_parent(path), title, cmap=HEATMAP_CMAP, log=False,
+                      label="error rate", vmin=0.0, vmax=1.0)
 
 
-def plot_band_accuracy(bands: Mapping[str, Mapping[str, object]], path: str | os.PathLike) -> str:
+def plot_band_accuracy(bands: Mapping[str, Mapping[str, object]], path: str | os.PathLike, *,
+                       title: str = "Accuracy with a low/high-pass filtered perturbation (delta) or input") -> str:
     """Fig.-3-style plot: per model, clean accuracy on LPF inputs and robust accuracy with LPF/HPF
     filtered perturbations vs bandwidth (``bands``: name -> :func:`perturbation_band_accuracy`)."""
     names = list(bands)
-    plt, path, fig, axes = _panel_row(path, len(names), 4.2, 3.6)
+    if not names:
+        raise ValueError("nothing to plot")
+    plt = _plt()
+    path = _ensure_parent(path)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
+    axes = axes[0]
     series = [
         ("lpf_input", "clean, LPF input", "tab:red"),
         ("lpf_delta", "robust, LPF delta", "tab:orange"),
@@ -164,14 +272,15 @@ def plot_band_accuracy(bands: Mapping[str, Mapping[str, object]], path: str | os
             d = {int(k): v for k, v in r[key].items()}
             ks = sorted(d)
             ax.plot(ks, [100 * d[k] for k in ks], marker="o", color=color, label=label)
+            _integer_ticks(ax, ks)
         ax.axhline(100 * r["robust"], color="gray", ls="--", lw=1, label="robust, full delta")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("bandwidth k")
-        ax.set_ylabel("accuracy (%)")
+        ax.set_xlabel(BANDWIDTH_LABEL, fontsize=8)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=7)
-    _save_figure(plt, fig, path)
+    _save_figure(plt, fig, path, title)
     return path
 
 
@@ -185,8 +294,9 @@ def _to_hwc(img: Tensor):
 def plot_panel(
     x: Tensor, delta: Tensor, bandwidth: int, path: str | os.PathLike, *, title: str | None = None
 ) -> str:
-    """Fig.-1-style panel: per row one image, its low-pass part, its high-pass part, the
-    perturbation ``delta`` (min-max scaled, jet) and ``delta``'s centred spectrum (log10, jet).
+    """Fig.-1-style panel: per row one image, its low-pass part, its high-pass part, the perturbation
+    ``delta`` (mean over channels, on a diverging scale centred on 0) and ``delta``'s centred spectrum
+    (log10, frequency axes with DC marked). The two delta columns share one scale each, with a colourbar.
 
     Parameters
     ----------
@@ -203,19 +313,79 @@ def plot_panel(
     rows = x.shape[0]
     low = low_pass(x, bandwidth)
     high = (high_pass(x, bandwidth, clip=False) + 0.5).clamp(0, 1)
-    spec = torch.log10(centered_spectrum(delta).mean(dim=1) + 1e-8)
-    heads = ["x", f"LPF(x), k={bandwidth}", f"HPF(x)+0.5, k={bandwidth}", "delta", "log10 |FFT(delta)|"]
-    fig, axes = plt.subplots(rows, 5, figsize=(10, 2.1 * rows), squeeze=False)
+    spectra, s_min, s_max = _shared_range(list(centered_spectrum(delta).mean(dim=1)), True)
+    d = delta.detach().float().cpu().mean(dim=1)
+    d_max = max(d.abs().max().item(), 1e-12)
+    heads = ["image x", f"low-pass part, k={bandwidth}", f"high-pass part + 0.5, k={bandwidth}",
+             "perturbation delta", "log10 |FFT(delta)|"]
+    fig, axes = plt.subplots(rows, 5, figsize=(12.5, 2.3 * rows + 0.7), squeeze=False, layout="constrained")
     for r in range(rows):
-        d = delta[r].float().mean(dim=0)
-        panels = [_to_hwc(x[r]), _to_hwc(low[r]), _to_hwc(high[r]), (d.numpy(), "jet"), (spec[r].numpy(), "jet")]
-        for c, (img, cmap) in enumerate(panels):
-            ax = axes[r][c]
-            kw = {"vmin": 0, "vmax": 1} if c < 3 else {}
-            ax.imshow(img, cmap=cmap, **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(heads[c], fontsize=8)
+        for c, (img, cmap) in enumerate([_to_hwc(x[r]), _to_hwc(low[r]), _to_hwc(high[r])]):
+            axes[r][c].imshow(img, cmap=cmap, vmin=0, vmax=1)
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+        signed = axes[r][3].imshow(d[r].numpy(), cmap=SIGNED_CMAP, vmin=-d_max, vmax=d_max)
+        axes[r][3].set_xticks([])
+        axes[r][3].set_yticks([])
+        spectrum = _frequency_image(axes[r][4], spectra[r].numpy(), SPECTRUM_CMAP, s_min, s_max,
+                                    xlabel=r == rows - 1, ylabel=False)
+        axes[r][4].set_ylabel("vertical freq.", fontsize=7)
+    for c, head in enumerate(heads):
+        axes[0][c].set_title(head, fontsize=9)
+    fig.colorbar(signed, ax=axes[:, 3].tolist(), shrink=0.8, label="delta (mean over channels)")
+    fig.colorbar(spectrum, ax=axes[:, 4].tolist(), shrink=0.8, label="log10 |FFT|")
     _save_figure(plt, fig, path, title)
     return path
+
+
+def slug(name: str) -> str:
+    """A model name as a file-name part (``AT+FR`` -> ``AT_FR``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def heatmap_title(norm: float) -> str:
+    return f"Fourier heat map: error rate under noise of each frequency (L2 norm {norm:g})"
+
+
+def panel_title(name: str, meta: Mapping) -> str:
+    return f"{name}: eps={meta['eps']:.3g}, PGD-{meta['pgd_steps']}"
+
+
+def _read(folder: Path, name: str):
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def replot(folder: str | os.PathLike) -> list[str]:
+    """Redraw every figure of an ``fr-fast analyze`` output folder from the data files it wrote (no model,
+    no data set needed); returns the figures written. Panels need ``perturbation_examples.json``."""
+    folder = Path(folder)
+    meta = _read(folder, "meta.json") or {}
+    written = []
+    filtered = _read(folder, "filtered_accuracy.json")
+    if filtered:
+        written.append(plot_filtered_accuracy(filtered["low_pass"], folder / "filtered_accuracy.png",
+                                              high=filtered["high_pass"]))
+    bands = _read(folder, "band_accuracy.json")
+    if bands:
+        written.append(plot_band_accuracy(bands, folder / "band_accuracy.png"))
+    spectra = _read(folder, "perturbation_spectrum.json")
+    if spectra:
+        written.append(plot_spectra({n: torch.tensor(s) for n, s in spectra.items()},
+                                    folder / "perturbation_spectrum.png"))
+    heatmaps = _read(folder, "fourier_heatmap.json")
+    if heatmaps:
+        norms = {m.get("heatmap_norm") for m in meta.values()} - {None}
+        title = heatmap_title(norms.pop()) if len(norms) == 1 else None
+        written.append(plot_fourier_heatmaps({n: torch.tensor(h) for n, h in heatmaps.items()},
+                                             folder / "fourier_heatmap.png", **({"title": title} if title else {})))
+    examples = _read(folder, "perturbation_examples.json")
+    if examples:
+        written.append(plot_spectrum_examples({n: list(torch.tensor(e["spectra"])) for n, e in examples.items()},
+                                              folder / "perturbation_examples.png"))
+        for name, e in examples.items():
+            x, delta = torch.tensor(e["x"]), torch.tensor(e["delta"])
+            bw = meta.get(name, {}).get("panel_bandwidth", min(8, *x.shape[-2:]))
+            title = panel_title(name, meta[name]) if name in meta else name
+            written.append(plot_panel(x, delta, bw, folder / f"panel_{slug(name)}.png", title=title))
+    return [str(p) for p in written]

@@ -16,7 +16,7 @@ split, best checkpoint by validation PGD-20 (clean accuracy for natural training
 switched on at the first lr decay (``fr_start_epoch``/``wa_start_epoch`` None). Choices the paper does not
 state: the weight average runs in eval mode; its BN statistics are re-estimated at creation and after each
 averaging step (``bn_recalibrate``, as the authors' code); validation uses the same autocast as training.
-Where text and authors' code differ, ``fft``, ``wa_role`` and ``attack_mode`` choose (README, method section).
+Where text and authors' code differ, ``fft``, ``wa_role`` and ``attack_mode`` choose (docs/method.md).
 """
 from __future__ import annotations
 

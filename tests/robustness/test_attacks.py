@@ -289,7 +289,7 @@ def test_autoattack_standard_runs_the_official_components(monkeypatch):
 
     monkeypatch.setattr(torchattacks, "MultiAttack", _Record)
     x, y = _batch(4, channels=3)
-    attacks.autoattack(_tiny_cnn(in_channels=3).eval(), x, y, eps=8 / 255)
+    attacks.autoattack(_tiny_cnn(in_channels=3).eval(), x, y, eps=8 / 255, implementation="torchattacks")
     assert [type(a).__name__ for a in built] == ["APGD", "APGDT", "FAB", "Square"]
     square = built[-1]
     assert (square.n_queries, square.p_init, square.rescale_schedule) == (5000, 0.8, False)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fr_fast.config.train_config import load_config
 from fr_fast.cli import runs
+from fr_fast.config.train_config import load_config
 from fr_fast.runs.runfolder import (
     RunFolderBusy,
     RunFolderError,

@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
-from fr_fast.models import build_model
-from fr_fast.ops import functional as ops
 from fr_fast.cli import analyze
 from fr_fast.cli import eval as evaluate
+from fr_fast.cli.train import main as train_main
+from fr_fast.models import build_model
+from fr_fast.ops import functional as ops
 from fr_fast.robustness.robustbench import eps_text
 from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import load_checkpoint, save_checkpoint
-from fr_fast.cli.train import main as train_main
 from fr_fast.utils.progress import Progress
 
 TINY = ["epochs=2", "lr_milestones=[1]", "batch_size=16", "max_train_batches=2", "max_val_batches=1",

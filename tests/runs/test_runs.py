@@ -7,7 +7,7 @@ import pytest
 
 from fr_fast.cli import main as cli
 from fr_fast.config.train_config import load_config
-from fr_fast.runs.compare import COLUMNS, load_run
+from fr_fast.runs.compare import COLUMNS, load_run, plot_curves
 from fr_fast.training.train import train
 
 TINY = ["epochs=2", "lr_milestones=[1]", "batch_size=16", "max_train_batches=2", "max_val_batches=1",
@@ -70,3 +70,19 @@ def test_compare_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "not a run folder" in err
     assert cli.main(["runs", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_curves_have_whole_epoch_ticks_and_one_accuracy_scale(runs_root, tmp_path, monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    root, _ = runs_root
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    plot_curves([load_run(root / "at"), load_run(root / "at_frwa")], tmp_path / "curves.png")
+    (fig,) = figures
+    clean, robust = fig.axes
+    fig.canvas.draw()
+    ticks = [t for t in clean.get_xticks() if clean.get_xlim()[0] <= t <= clean.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # 2 epochs: no 0.25, 0.5, ... ticks
+    assert clean.get_shared_y_axes().joined(clean, robust) and clean.get_ylabel() == "accuracy (%)"
+    assert [line.get_label() for line in robust.get_lines()] == [str(root / "at"), str(root / "at_frwa")]
+    close(fig)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fr_fast.cli import analyze as analyze_cli
-from fr_fast.spectral import analyze
+from fr_fast.spectral import analyze, plots
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,12 @@ def test_analyze_writes_all_figures_and_data(checkpoint, tmp_path):
     assert rc == 0
     for name in ("filtered_accuracy.png", "filtered_accuracy.csv", "band_accuracy.png", "band_accuracy.json",
                  "perturbation_spectrum.png", "perturbation_examples.png", "fourier_heatmap.png",
-                 "fourier_heatmap.json", "panel_a.png", "panel_b.png", "summary.md", "meta.json"):
+                 "fourier_heatmap.json", "panel_a.png", "panel_b.png", "summary.md", "meta.json",
+                 "perturbation_examples.json"):
         assert (out / name).stat().st_size > 0, name
+    # every figure can be redrawn from the data files alone
+    redrawn = {p.rsplit("/", 1)[1] for p in plots.replot(out)}
+    assert redrawn == {p.name for p in out.glob("*.png")}
     acc = json.loads((out / "filtered_accuracy.json").read_text())
     # the same checkpoint twice sees the same images: identical results
     assert acc["low_pass"]["a"] == acc["low_pass"]["b"]

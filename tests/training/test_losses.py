@@ -181,7 +181,7 @@ def _expected_gaussian_ratio(batch: int, classes: int) -> float:
 
 @pytest.mark.parametrize("classes", [10, 100, 200])
 def test_fr_1d_over_2d_is_about_2c_over_sqrt_b_for_independent_rows(classes):
-    """The measured relation of the README: Eq. 2 as written (1d) vs the authors' code (2d), B = 128."""
+    """The measured relation of docs/method.md: Eq. 2 as written (1d) vs the authors' code (2d), B = 128."""
     torch.manual_seed(classes)
     batch = 128
     ratios = [_fr_ratio(torch.randn(batch, classes, dtype=torch.float64)) for _ in range(5)]
