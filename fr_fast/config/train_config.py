@@ -46,7 +46,7 @@ AWP_SVHN_WARMUP = {"at": 5}
 # them, and a paper row overridden in them keeps its label. paper_row: which published numbers eval shows.
 RUN_CONTROL_FIELDS = frozenset({"out_dir", "resume", "progress", "device", "compile", "compile_mode",
                                 "channels_last", "deterministic", "cpu_threads", "num_workers", "data_dir",
-                                "tensorboard", "cuda_graph", "log_every", "paper_row"})
+                                "tensorboard", "cuda_graph", "log_every", "paper_row", "branch_from"})
 # Presets: the repository's configs/ (source checkout, editable install) or the copy shipped inside the
 # package as fr_fast/configs (plain `pip install .`).
 CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parents[2] / "configs",  # source tree
@@ -171,6 +171,9 @@ class TrainConfig:
                                      "(with --resume: the newest run of the preset that has a last.pt)")
     resume: Union[str, None] = knob(None, "null | last (out_dir/last.pt; also a bare --resume) | a checkpoint "
                                     "path", bare="last")
+    branch_from: Union[str, None] = knob(None, "checkpoint to branch a new run from: its weights, optimiser, "
+                                         "schedule position, average and RNG state, with this config's "
+                                         "FR / WA / lam / distance settings from its epoch on (docs/gpu.md)")
     val_every: int = knob(1, "validate every N epochs (and after the last)")
     eval_pgd_steps: int = knob(20, "PGD steps of the validation attack")
     select_by: str = knob("auto", "metric choosing best.pt: pgd | clean | auto (clean for natural training "

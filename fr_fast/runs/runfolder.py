@@ -10,6 +10,8 @@
 - :func:`resume_source`: which checkpoint ``resume`` = last / auto / a path means.
 - :func:`ensure_writable_dir` / :func:`ensure_writable_file`: output paths are checked before any
   computation, so an evaluation is not lost to an unwritable ``--out``.
+- :func:`branch_source` / :func:`branch_label`: the checkpoint a branched run starts from (never in its own
+  folder) and how the run records it (``<run>/<epoch>``).
 - :func:`reconcile_best`: best.pt is written right after last.pt, so a kill between the two can leave
   best.pt behind the best epoch last.pt records; on resume (and at the end of a run) it is rewritten
   from last.pt, which then holds exactly that state.
@@ -224,3 +226,21 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def branch_source(branch_from: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """The checkpoint a branch starts from; RunFolderError when it lies in the branch's own out_dir (the new
+    run would overwrite it) and FileNotFoundError when it does not exist."""
+    path = local_path(branch_from, "branch_from")
+    if not path.is_file():
+        raise FileNotFoundError(f"--branch_from: checkpoint {str(path)!r} does not exist; pass a run's last.pt "
+                                "(or best.pt)")
+    if path.resolve().parent == Path(out_dir).resolve():
+        raise RunFolderError(f"--branch_from {str(path)!r} lies in the branch's own --out_dir; a branch is a new "
+                             "run: choose another --out_dir")
+    return path
+
+
+def branch_label(checkpoint: str | os.PathLike, epoch: int) -> str:
+    """``<run folder>/<epoch>``: how a branched run records where it comes from (run.json, checkpoints)."""
+    return f"{Path(checkpoint).parent}/{epoch}"

@@ -39,9 +39,11 @@ from fr_fast.robustness.attacks import pgd
 from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.runs.metrics_log import MetricsLog
-from fr_fast.runs.runfolder import check_dir_creatable, hold_run_folder, reconcile_best, resume_source, run_dir
+from fr_fast.runs.runfolder import (branch_label, branch_source, check_dir_creatable, hold_run_folder, reconcile_best,
+                                     resume_source, run_dir)
 from fr_fast.spectral.fourier import low_pass
 from fr_fast.training import sync_free
+from fr_fast.training.branch import check_branch, start_branch
 from fr_fast.training.interrupt import StopOnSignal
 from fr_fast.training.losses import base_loss, craft_adversarial, make_fr, training_loss
 from fr_fast.training.resume import apply_schedule_overrides, check_resume, override_record
@@ -319,6 +321,18 @@ def _resume(cfg: TrainConfig, state: TrainState, saved: dict[str, Any], changes:
     return overrides
 
 
+def _lineage(branch_from: Path | None, branch: dict[str, tuple[Any, Any]] | None, epoch: int,
+             saved: dict[str, Any] | None, is_main: bool) -> dict[str, Any]:
+    """run.json / checkpoint entries naming where a branched run comes from (kept when it is resumed)."""
+    if branch is None:
+        return {k: saved[k] for k in ("branched_from", "branch_changes") if saved is not None and k in saved}
+    origin = branch_label(branch_from, epoch)
+    if is_main:
+        print(f"branched from {origin}: " + (", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in branch.items())
+                                             or "no setting changed"), flush=True)
+    return {"branched_from": origin, "branch_changes": {k: list(v) for k, v in branch.items()}}
+
+
 def _save(out_dir: Path, checkpoint: dict[str, Any], improved: bool, last_good: Path | None, epoch: int) -> Path:
     """Write last.pt (and best.pt when ``improved``) unless something in them is non-finite; returns last.pt."""
     bad = nonfinite_entries(checkpoint)  # one fused reduction per epoch, before anything is written
@@ -364,6 +378,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
     ``resume_override``: on resume, ``lr``/``epochs``/``lr_milestones`` may differ from the checkpoint's and
     are applied; without it, as for every other field that changes the training, a difference is a ValueError.
 
+    ``cfg.branch_from``: a new run in ``out_dir`` continuing that checkpoint with this config's FR / WA
+    settings (:mod:`fr_fast.training.branch`); ignored when ``resume`` finds a checkpoint to continue.
+
     Raises TrainingDiverged when the loss or the weights/buffers become NaN/inf (nothing non-finite is
     saved), Interrupted after the current step on SIGINT/SIGTERM, RunFolderBusy when another run holds
     ``out_dir``.
@@ -374,6 +391,10 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
     resume_from = resume_source(cfg.resume, out_dir)
     check_dir_creatable(out_dir, "out_dir")  # cheap checks first: the folder, then the data
     datasets = _datasets(cfg)  # missing or damaged data fails here, before the run folder is made
+    # A branch is checked before its folder is created: a refused branch leaves nothing behind.
+    branch_from = branch_source(cfg.branch_from, out_dir) if cfg.branch_from and resume_from is None else None
+    branched = load_checkpoint(branch_from) if branch_from is not None else None
+    branch = check_branch(branched, cfg) if branched is not None else None
     with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(
             out_dir, resuming=resume_from is not None or cfg.resume == "auto", overwrite=overwrite,
             enabled=rt.is_main):
@@ -385,19 +406,28 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
             if cfg.cuda_graph:
                 print(sync_free.describe(rt.device), flush=True)
         saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
-        changes = check_resume(saved["config"], cfg, resume_override) if saved is not None else {}
+        if branched is not None:
+            saved, branched = branched, None
+        changes = check_resume(saved["config"], cfg, resume_override) if resume_from is not None else {}
         train_loader, val_loader, model_kwargs = _loaders(cfg, rt, datasets)
         model = build_model(**model_kwargs).to(rt.device, memory_format=rt.memory_format)
         state = TrainState(cfg, model, rt.amp_dtype)
         models = wrap_models(cfg, model, rt.world)
-        overrides = _resume(cfg, state, saved, changes, resume_from, rt.is_main) if saved is not None else []
+        overrides = _resume(cfg, state, saved, changes, resume_from, rt.is_main) if resume_from is not None else []
+        if branch is not None:
+            start_branch(cfg, state, saved, lambda: fold_average(cfg, state, train_loader, rt), train_loader.set_epoch)
+        lineage = _lineage(branch_from, branch, state.epoch, saved, rt.is_main)
         del saved
         last_good = resume_from  # the newest finite checkpoint on disk, for the divergence message
         select_key = cfg.resolved_select_by()
         run_info = {"config": config_to_dict(cfg), "model_kwargs": model_kwargs, "selected_by": select_key,
                     "resume_overrides": overrides, "runtime": environment}
+        run_info.update(lineage)
         # metrics.jsonl/csv mirror the checkpoint's history (fresh run: empty; resume: up to its epoch)
         log = MetricsLog(out_dir, state.history, run_info, tensorboard=cfg.tensorboard) if rt.is_main else None
+        if branch is not None and rt.is_main:  # the branch point is the new run's first checkpoint (and best so far)
+            last_good = _save(out_dir, {**run_info, **state.state_dict()}, state.best_epoch == state.epoch, None,
+                              state.epoch - 1)
         run_start = time.perf_counter()
         checkpoint: dict[str, Any] | None = None  # the newest one written (rank 0)
         steps: dict[str, Any] = {}  # cuda_graph: the sync-free step (and its CUDA graph) of the current switches
