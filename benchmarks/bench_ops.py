@@ -2,9 +2,13 @@
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--quick] [--no-compile]
 
-Rows: the FR loss forward+backward (fused; torch.fft reference; a matmul against the real-DFT basis
-[cos | -sin], eager and torch.compile'd), the PGD step (fused; clamp chain, eager and compiled), the
-random start, and the Python cost of one PGD step call on a 1-element tensor against an in-place add_.
+Rows: the FR loss forward+backward in the presets' 2-D form (fused vs torch.fft2 reference) and in the 1-D
+form (fused; torch.fft reference; a matmul against the real-DFT basis [cos | -sin], eager and
+torch.compile'd), the PGD step (fused; clamp chain, eager and compiled), the random start, the Python cost
+of one PGD step call on a 1-element tensor against an in-place add_, and (``--large``, CUDA) the PGD step on
+512x3x224x224 float32 and bfloat16 in GB/s and % of the GPU's HBM peak (``--hbm-gbs``, else the datasheet
+figure of the GPU's name). Each row is appended to ``--jsonl`` the moment it is measured. torch.compile
+baselines are built before the timed cases and skipped (with a note) when ``--budget-s`` leaves too little.
 Prints a Markdown table of ratios (a ratio > 1 means the fused op is faster) and the PGD step's
 bandwidth as a fraction of a plain copy, and writes benchmarks/results/ops_<device>.{json,md}. A
 baseline that torch.compile cannot build is skipped with a note.
@@ -12,6 +16,7 @@ baseline that torch.compile cannot build is skipped with a note.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from typing import Callable, Iterator
@@ -25,7 +30,13 @@ from fr_fast.ops import reference
 Candidates = dict[str, Callable[[], object]]
 FR_SIZES = ((128, 10), (128, 100), (128, 200), (512, 10), (512, 100), (512, 200))
 QUICK_FR_SIZES = ((128, 10), (128, 100))
+FR2D_SIZES = ((128, 10), (128, 100), (512, 200))
 IMAGE_SHAPE = (128, 3, 32, 32)
+LARGE_SHAPE = (512, 3, 224, 224)
+# HBM bandwidth of the datasheets (GB/s), by a substring of torch.cuda.get_device_name().
+HBM_GBS = {"H100 80GB HBM3": 3350.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H200": 4800.0, "A100-SXM4-80GB": 2039.0,
+           "A100-SXM4-40GB": 1555.0, "A100-PCIE": 1555.0}
+COMPILE_COST_S = 30.0  # what the two torch.compile baselines cost to build on a GPU machine (first run: ~25 s)
 notes: list[str] = []
 
 
@@ -81,6 +92,41 @@ def fr_cases(device: str, sizes=FR_SIZES, baselines: bool = True, compile_rows: 
                 candidates["matmul_compiled"] = (
                     lambda a=a, b=b, m=basis, w=weight, fn=compiled_matmul: fn(a, b, m, w).backward())
         yield f"FR loss fwd+bwd B={batch} C={classes}", candidates
+
+
+def fr2d_cases(device: str, sizes=FR2D_SIZES) -> Iterator[tuple[str, Candidates]]:
+    """The presets' FR (fft 2d): fused op against the torch.fft2 reference."""
+    for batch, classes in sizes:
+        a = torch.randn(batch, classes, device=device, requires_grad=True)
+        b = torch.randn(batch, classes, device=device, requires_grad=True)
+        yield f"FR 2d loss fwd+bwd B={batch} C={classes}", {
+            "fused": lambda a=a, b=b: fr_fast.fr_loss(a, b, fft="2d").backward(),
+            "reference": lambda a=a, b=b: reference.fr_loss(a, b, fft="2d").backward()}
+
+
+def large_step_rows(device: str, hbm_gbs: float | None, rounds: int, batch: int = 512) -> Iterator[dict]:
+    """The PGD step on 512x3x224x224 (float32, bfloat16): GB/s moved (3 reads + 1 write) and % of HBM peak."""
+    for dtype in (torch.float32, torch.bfloat16):
+        shape = (batch, *LARGE_SHAPE[1:])
+        x_nat = torch.rand(shape, device=device).to(dtype)
+        grad, x_adv = torch.randn_like(x_nat), x_nat.clone()
+        name = f"PGD step {'x'.join(map(str, shape))} {str(dtype)[6:]}"
+        row = measure(name, {
+            "fused": lambda x_adv=x_adv, g=grad, x0=x_nat: fr_fast.pgd_step_(x_adv, g, x0, 2 / 255, 8 / 255),
+            "reference": lambda x_adv=x_adv, g=grad, x0=x_nat: reference.pgd_step_(x_adv, g, x0, 2 / 255, 8 / 255),
+            "clone": lambda x0=x_nat: x0.clone()}, rounds, 0.2)
+        moved = 4 * x_nat.numel() * x_nat.element_size()
+        row["fused_gb_s"] = moved / (row["fused_us"] * 1e-6) / 1e9
+        row["hbm_peak_gb_s"] = hbm_gbs
+        row["hbm_fraction"] = row["fused_gb_s"] / hbm_gbs if hbm_gbs else None
+        yield row
+
+
+def hbm_peak(device: str, given: float | None) -> float | None:
+    if given or device != "cuda":
+        return given
+    name = torch.cuda.get_device_name()
+    return next((gbs for key, gbs in HBM_GBS.items() if key in name), None)
 
 
 def pgd_cases(device: str, baselines: bool = True, compile_rows: bool = True) -> Iterator[tuple[str, Candidates]]:
@@ -141,6 +187,14 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd baselines")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--tag", default="", help="suffix of the results files (ops_<device>_<tag>)")
+    parser.add_argument("--jsonl", default=None, help="append every row here the moment it is measured")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="time this call may take: the torch.compile baselines are skipped when it cannot "
+                             f"afford their build (~{COMPILE_COST_S:.0f} s)")
+    parser.add_argument("--large", action="store_true", help="add the 512x3x224x224 PGD-step bandwidth rows")
+    parser.add_argument("--large-batch", type=int, default=512, help="batch of the large rows (dry runs: small)")
+    parser.add_argument("--hbm-gbs", type=float, default=None, help="HBM peak in GB/s (default: by GPU name)")
+    parser.add_argument("--only", default=None, help="comma list of case families: fr2d, fr, pgd, call, large")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
@@ -148,14 +202,34 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rounds = 2 if args.quick else 5
     compile_rows = not args.no_compile
-    cases = [*fr_cases(args.device, QUICK_FR_SIZES if args.quick else FR_SIZES, compile_rows=compile_rows),
-             *pgd_cases(args.device, compile_rows=compile_rows), call_overhead_case(args.device)]
+    if compile_rows and args.budget_s is not None and args.budget_s < 2 * COMPILE_COST_S:
+        compile_rows = False
+        notes.append(f"torch.compile baselines skipped: a {args.budget_s:.0f} s budget cannot afford their "
+                     f"~{COMPILE_COST_S:.0f} s build")
+    families = set((args.only or "fr2d,fr,pgd,call,large").split(","))
+    # Built here, before any case is timed (the generators compile their baselines on creation).
+    cases = [*(fr2d_cases(args.device, FR2D_SIZES[:1] if args.quick else FR2D_SIZES) if "fr2d" in families else []),
+             *(fr_cases(args.device, QUICK_FR_SIZES if args.quick else FR_SIZES, compile_rows=compile_rows)
+               if "fr" in families else []),
+             *(pgd_cases(args.device, compile_rows=compile_rows) if "pgd" in families else []),
+             *([call_overhead_case(args.device)] if "call" in families else [])]
     rows = []
-    for name, candidates in cases:
-        row = measure(name, candidates, rounds, 0.05 if args.quick else 0.2)
+
+    def keep(row: dict) -> None:
         rows.append(row)
-        print(f"{name:<40} fused {row['fused_us']:9.1f} us  reference {row['reference_us']:9.1f} us  "
-              f"x{row['speedup']:.2f}  {describe(row)}", flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as fh:
+                fh.write(json.dumps({**row, "device": args.device}) + "\n")
+        gbs = f"  {row['fused_gb_s']:.0f} GB/s" if "fused_gb_s" in row else ""
+        hbm = f" ({row['hbm_fraction']:.0%} of HBM)" if row.get("hbm_fraction") else ""
+        print(f"{row['case']:<40} fused {row['fused_us']:9.1f} us  reference {row['reference_us']:9.1f} us  "
+              f"x{row['speedup']:.2f}{gbs}{hbm}  {describe(row)}", flush=True)
+
+    for name, candidates in cases:
+        keep(measure(name, candidates, rounds, 0.05 if args.quick else 0.2))
+    if args.large and "large" in families:
+        for row in large_step_rows(args.device, hbm_peak(args.device, args.hbm_gbs), rounds, args.large_batch):
+            keep(row)
     info = {**machine(args.device), "backend": fr_fast.backend(args.device), "load_average": os.getloadavg()}
     header = (f"Fused ops vs reference on {info.get('gpu', info['cpu'])} ({args.device}, {info['threads']} threads, "
               f"torch {info['torch']}, backend {info['backend']}, {info['date']}, load average "

@@ -10,8 +10,10 @@ channels_last, autocast bf16) -- then the library's real step (``fr_fast.trainin
 ``train()`` runs: attack, loss, GradScaler, SGD update; channels_last + autocast bf16), then the same
 with ``torch.compile``, then "fr_fast step, CUDA graph": the ``cuda_graph`` step (the presets' FR form,
 fft 2d), warmed up and captured before any timing so that only replays are timed (on the CPU the same
-sync-free step without capture). All candidates of one model are timed in alternating rounds in one process
-(warm-up first) and the median is reported.
+sync-free step without capture), and "fr_fast (fft 1d)" beside it. All candidates of one model are timed in one
+process, the reference first: warm-up calls (compilation and CUDA-graph capture included) outside the timed
+region, then the median of ``--blocks`` (>= 5) timed blocks, wall clock and CUDA-event GPU time; each row is
+appended to ``--jsonl`` the moment it is measured, and ``--rows`` selects rows by name.
 
 MFU: the FLOPs of one fr_fast step (``torch.utils.flop_counter.FlopCounterMode``; the useful work, the
 same for every row) times the measured steps/s, as a fraction of the matmul peak measured in the same
@@ -28,6 +30,7 @@ attack used inside training. Writes benchmarks/results/train_<device>[_<tag>].{j
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -44,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_loop as ref  # noqa: E402
-from common import compare, machine, write_results  # noqa: E402
+from common import machine, write_results  # noqa: E402
 
 import fr_fast  # noqa: E402
 from fr_fast.config.train_config import TrainConfig  # noqa: E402
@@ -58,8 +61,6 @@ from fr_fast.training.train import make_step  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
-# Steps slower than this are timed with one warm-up call and single-call rounds (see `interleaved`).
-HEAVY_STEP_S = 1.0
 
 Step = Callable[[Tensor, Tensor], float]
 
@@ -128,7 +129,9 @@ def candidates(method: str, model_name: str, device: str, ablation: bool, with_c
         rows["fr_fast fp32 NCHW (trainer CPU default)"] = (
             make_fast_step(method, model, amp="off", channels_last=False), None)
     model = make_model(model_name, device, True)
-    rows["fr_fast"] = (make_fast_step(method, model), torch.bfloat16)
+    rows["fr_fast"] = (make_fast_step(method, model), torch.bfloat16)  # the presets' FR form (fft 2d, the default)
+    model = make_model(model_name, device, True)
+    rows["fr_fast (fft 1d)"] = (make_fast_step(method, model, fft="1d"), torch.bfloat16)
     if with_compile:
         model = make_model(model_name, device, True)
         rows["fr_fast + torch.compile"] = (
@@ -141,68 +144,48 @@ def candidates(method: str, model_name: str, device: str, ablation: bool, with_c
 
 
 # ------------------------------------------------------------------------------------------ timing
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call, one call per candidate per round, rounds alternating.
-
-    For steps of several seconds: ``common.compare`` (3 warm-up calls, then Timer.blocked_autorange
-    blocks) would cost minutes per candidate there, with no gain in precision.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def time_steps(steps: dict[str, Step], x: Tensor, y: Tensor, rounds: int, device: str,
-               heavy_rounds: int) -> tuple[dict[str, float], str]:
-    """Median seconds per step of every candidate (the method used is returned for the record)."""
-    def call(step: Step) -> Callable[[], None]:
-        def run() -> None:
-            step(x, y)
-            sync(device)
-        return run
+def time_step(step: Step, x: Tensor, y: Tensor, device: str, blocks: int, min_block_s: float,
+              warmup: int = 3) -> dict[str, float]:
+    """Seconds per step: median of ``blocks`` timed blocks of n calls each (wall clock; CUDA events too).
 
-    fns = {name: call(step) for name, step in steps.items()}
-    # One probe call of the slowest candidate (the reference, first) decides the timing method; it also
-    # triggers torch.compile's first compilation before any timing.
-    for fn in fns.values():
+    Warm-up first, outside every timed block: ``warmup`` calls, which include torch.compile's compilation
+    and CUDA-graph recording/capture; then n is chosen so that one block lasts about ``min_block_s``.
+    """
+    for _ in range(warmup):
+        step(x, y)
+    sync(device)
+    start = time.perf_counter()
+    step(x, y)
+    sync(device)
+    calls = max(1, int(min_block_s / max(time.perf_counter() - start, 1e-6)))
+    wall, gpu = [], []
+    for _ in range(blocks):
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
         start = time.perf_counter()
-        fn()
-        first = time.perf_counter() - start
-        if first > HEAVY_STEP_S:
-            break
-    if first > HEAVY_STEP_S:
-        return interleaved(fns, rounds=heavy_rounds, warmup=1), f"interleaved single calls, median of {heavy_rounds}"
-    return compare(fns, rounds=rounds, min_run_time=0.5), f"common.compare, median of {rounds} rounds"
-
-
-def gpu_seconds(fns: dict[str, Callable[[], None]], calls: int, device: str) -> dict[str, float | None]:
-    """GPU seconds per call (CUDA events around ``calls`` back-to-back calls on the current stream; the GPU's
-    idle gaps while it waits for the host count); None off CUDA."""
-    if device != "cuda":
-        return {name: None for name in fns}
-    out = {}
-    for name, fn in fns.items():
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
         for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        out[name] = start.elapsed_time(end) / 1e3 / calls
-    return out
+            step(x, y)
+        if device == "cuda":
+            end.record()
+        sync(device)
+        wall.append((time.perf_counter() - start) / calls)
+        if device == "cuda":
+            gpu.append(begin.elapsed_time(end) / 1e3 / calls)
+    return {"wall_s": statistics.median(wall), "gpu_s": statistics.median(gpu) if gpu else None,
+            "calls_per_block": calls, "blocks": blocks}
+
+
+def append_row(path: Path | None, row: dict) -> None:
+    """One JSON line per row, written the moment it is measured (a run cut off keeps its rows)."""
+    if path is not None:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
 
 
 # ------------------------------------------------------------------------------------- FLOPs and peak
@@ -312,7 +295,8 @@ def load_average() -> list[float] | None:
         return None
 
 
-def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> list[dict]:
+def bench_model(args, model_name: str, method: str, peaks: dict[str, float], jsonl: Path | None = None) -> list[dict]:
+    """Time every candidate of one model (reference first); append each row as soon as it is measured."""
     batch = args.batch if model_name == "small_cnn" else args.resnet_batch
     ablation = method == "at" and not args.no_ablation and not (args.quick and model_name != "small_cnn")
     steps = candidates(method, model_name, args.device, ablation=ablation,
@@ -321,29 +305,37 @@ def bench_model(args, model_name: str, method: str, peaks: dict[str, float]) -> 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *IMAGE_SHAPE, generator=g).to(args.device)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(args.device)
+    if not args.rows or graph_row(args.device) in args.rows:  # captured here, before any timing
+        steps.update(graph_candidates(method, model_name, args.device, x, y))
+    if args.rows:  # select by name; a row this build does not have is said so, not an error
+        wanted = ["reference", *[r for r in args.rows if r != "reference"]]
+        for name in wanted:
+            if name not in steps:
+                print(f"{model_name} {method.upper()}+FR {name}: not available in this build", flush=True)
+        steps = {name: steps[name] for name in wanted if name in steps}
     # FLOPs grow linearly with the batch: count on a small batch (FlopCounterMode runs eagerly and slowly).
     count_batch = min(batch, 16)
     fast_model, ref_model = make_model(model_name, args.device, True), make_model(model_name, args.device, False)
     flop_fast = count_flops(make_fast_step(method, fast_model), x[:count_batch], y[:count_batch]) / count_batch
     flop_ref = count_flops(ref.make_step(method, ref_model, ref.make_optimizer(ref_model, lr=0.01)),
                            x[:count_batch], y[:count_batch]) / count_batch
-    steps.update(graph_candidates(method, model_name, args.device, x, y))
-    times, how = time_steps({name: fn for name, (fn, _) in steps.items()}, x, y, args.rounds, args.device,
-                            args.heavy_rounds)
-    gpu = gpu_seconds({name: (lambda fn=fn: fn(x, y)) for name, (fn, _) in steps.items()}, args.heavy_rounds,
-                      args.device)
-    rows = []
-    for name, (_, dtype) in steps.items():
-        seconds = times[name]
+    rows, reference = [], None
+    for name, (fn, dtype) in steps.items():
+        timing = time_step(fn, x, y, args.device, args.blocks, args.block_s)
+        seconds = timing["wall_s"]
+        reference = reference or seconds  # the reference loop, measured first in this same call
         peak = peak_of(dtype, args.device)
-        rows.append({"model": model_name, "method": f"{method.upper()}+FR", "row": name, "batch": batch,
-                     "step_s": seconds, "gpu_step_s": gpu[name], "images_per_s": batch / seconds,
-                     "speedup_vs_reference": times["reference"] / seconds,
-                     "mfu": flop_fast * batch / seconds / peaks[peak], "peak": peak,
-                     "model_flops_per_image": flop_fast, "reference_flops_per_image": flop_ref, "timing": how,
-                     "check": name == "fr_fast"})
-        print(f"{model_name:9} {method.upper()}+FR  {name:<42} {batch / seconds:8.1f} img/s  "
-              f"x{times['reference'] / seconds:5.2f}  MFU {rows[-1]['mfu']:.1%}", flush=True)
+        row = {"model": model_name, "method": f"{method.upper()}+FR", "row": name, "batch": batch,
+               "step_s": seconds, "gpu_step_s": timing["gpu_s"], "images_per_s": batch / seconds,
+               "speedup_vs_reference": reference / seconds, "mfu": flop_fast * batch / seconds / peaks[peak],
+               "peak": peak, "model_flops_per_image": flop_fast, "reference_flops_per_image": flop_ref,
+               "timing": f"median of {timing['blocks']} blocks of {timing['calls_per_block']} calls; warm-up, "
+                         "compilation and capture outside", "check": name == "fr_fast", "device": args.device}
+        rows.append(row)
+        append_row(jsonl, row)
+        gpu = f"  GPU {timing['gpu_s'] * 1e3:.1f} ms" if timing["gpu_s"] is not None else ""
+        print(f"{model_name:9} {method.upper()}+FR  {name:<42} {batch / seconds:8.1f} img/s  wall {seconds * 1e3:.1f} ms"
+              f"{gpu}  x{reference / seconds:5.2f}  MFU {row['mfu']:.1%} ({peak})", flush=True)
     return rows
 
 
@@ -381,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resnet-batch", type=int, default=None,
                         help="batch of resnet18 (default 128 on CUDA, 8 on CPU: one batch-128 reference step "
                              "takes minutes on 2 cores)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (common.compare)")
-    parser.add_argument("--heavy-rounds", type=int, default=2, help="rounds for steps slower than 1 s")
+    parser.add_argument("--blocks", type=int, default=5, help="timed blocks per row (the median is reported)")
+    parser.add_argument("--block-s", type=float, default=0.5, help="target seconds of one timed block")
+    parser.add_argument("--rows", default=None,
+                        help="';'-separated row names to time (the reference is always first); a row this build "
+                             "lacks prints 'not available in this build'")
+    parser.add_argument("--jsonl", type=Path, default=None, help="append every row here the moment it is measured")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="add the torch.compile row (slow to warm up on CPU)")
     parser.add_argument("--no-ablation", action="store_true", help="only reference, fr_fast (and compile) rows")
@@ -393,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--tag", default="", help="suffix of the result files: train_<device>_<tag>")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: batch 16 (resnet18: 2, no ablation), 2 rounds, no compile, no attack check, "
+                        help="smoke run: batch 16 (resnet18: 2, no ablation), 2 short blocks, no compile, no attack check, "
                              "nothing written")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -405,12 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.trades_models is None:
         args.trades_models = args.models if args.device == "cuda" else "small_cnn"
     if args.quick:
-        args.batch, args.resnet_batch, args.rounds, args.heavy_rounds = 16, 2, 2, 1
+        args.batch, args.resnet_batch, args.blocks, args.block_s = 16, 2, 2, 0.05
         args.compile, args.attack_check = False, False
     if args.attack_check is None:
         args.attack_check = args.device == "cpu"
     for name in args.models.split(","):
         build_model(name, NUM_CLASSES)  # fail early on a bad name
+    args.rows = [r.strip() for r in args.rows.split(";") if r.strip()] if args.rows else None  # names hold commas
+    if args.jsonl is not None:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     load_before = load_average()
@@ -421,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for model_name in args.models.split(","):
         for method in ("at", "trades") if model_name in args.trades_models.split(",") else ("at",):
-            rows += bench_model(args, model_name, method, peaks)
+            rows += bench_model(args, model_name, method, peaks, args.jsonl)
     peaks_after = measure_peaks(args.device, n)
     print(f"matmul peak after the steps: fp32 {peaks_after['fp32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peaks_after['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
