@@ -4,11 +4,11 @@
 
 WORK holds ``stages.jsonl`` (one line per finished stage, written by run_gpu.sh), ``preflight.txt``,
 ``results/`` (the benchmarks' JSON and Markdown files) and ``fmnist/`` (experiments/reproduce_gpu.py).
-OUT receives at most 7 files: ``gpu_results.json`` (every stage and every benchmark's JSON),
+OUT receives at most 6 files: ``gpu_results.json`` (every stage and every benchmark's JSON),
 ``gpu_summary.md`` (stage table, then every benchmark's Markdown table), the Fashion-MNIST experiment's
-``fmnist_results.json``, ``fmnist_table.md`` and ``fmnist_curves.png`` when present, and
+``gpu_fmnist.json``, ``fmnist_table.md`` and ``fmnist_curves.png`` when present, and
 ``rest.tar.gz`` with everything else from WORK (logs, per-run records; no checkpoints). The run log
-(``run_gpu.log``) is written to OUT by run_gpu.sh itself. Safe to call after every stage: each call
+(``run_gpu.log``) and the rows as measured (``rows.jsonl``) are written to OUT by run_gpu.sh and the benchmarks. Safe to call after every stage: each call
 rewrites the files from what exists so far, so a run cut short still returns its partial results.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-FMNIST_FILES = {"results.json": "fmnist_results.json", "table.md": "fmnist_table.md", "curves.png": "fmnist_curves.png"}
+FMNIST_FILES = {"gpu_fmnist.json": "gpu_fmnist.json", "table.md": "fmnist_table.md", "curves.png": "fmnist_curves.png"}
 
 
 def read_stages(work: Path) -> list[dict]:

@@ -1,38 +1,48 @@
 #!/usr/bin/env bash
-# One prepared run on a GPU machine (preinstalled torch + CUDA, no network, no pip), inside a budget:
-#   preflight   GPU, driver, nvcc, torch, Python.h, compute-sanitizer; fail fast with one line
-#   build       the fr_fast extension (C++ + CUDA kernels, sm_90) against the installed torch
-#   backend     fr_fast.backend("cuda") == "cuda" (else everything after runs on the reference ops)
-#   fmnist      experiments/reproduce_gpu.py in the background: AT / AT+FR / AT+FR/WA, ResNet18,
-#               full Fashion-MNIST (data from $FMNIST_DIR), sized to its own time budget
-#   tests       every CUDA test in tests/ (no -x: --maxfail=50 -rfE), while fmnist trains
-#   sanitizer   compute-sanitizer memcheck + racecheck on small calls of every kernel (benchmarks/gpu_checks.py calls)
-#   large       one bf16 PGD step on > 2**31 elements against the reference
-#   bench_*     fused ops, training step, attacks, heat map (timed alone, after fmnist has finished)
-# Results: at most 8 files in $OUT (run_gpu.log, gpu_results.json, gpu_summary.md, fmnist_results.json,
-# fmnist_table.md, fmnist_curves.png, rest.tar.gz), rewritten after every stage so a run cut short
-# still returns what it measured. Each stage has its own limit and the whole run a budget (BUDGET_S).
+# The GPU run as two prepared calls, each one command under 10 minutes (docs/gpu.md):
+#   measure    (~540 s) preflight, build (60 s), CUDA tests (120 s), compute-sanitizer memcheck + racecheck on
+#              every kernel and path (60 s), PGD-step bandwidth 512x3x224x224 fp32/bf16 (30 s), FR 1-D/2-D rows
+#              (45 s), training rows eager / compiled / CUDA graph at batch 128 and 512 (90 s), continuity rows
+#              comparable with the first run (90 s). No Fashion-MNIST.
+#   reproduce  (~360 s) build if needed, then experiments/reproduce_gpu.py alone on the GPU: one AT trunk forked
+#              into AT / AT+FR / AT+FR/WA at the first lr decay, full Fashion-MNIST ($FMNIST_DIR).
+# Every stage has its own limit (cut off cleanly by `timeout`, the run goes on) and the call a budget; every
+# benchmark row is appended to $OUT/rows.jsonl the moment it is measured. At most 7 files come back:
+# run_gpu.log, rows.jsonl, gpu_results.json, gpu_summary.md, rest.tar.gz (+ reproduce: gpu_fmnist.json,
+# fmnist_table.md, fmnist_curves.png instead of rows.jsonl).
 #
-#   OUT=/some/dir bash benchmarks/run_gpu.sh            # on the GPU machine
-#   bash benchmarks/run_gpu.sh --dry-run                # every stage on CPU with tiny sizes (CI)
+#   OUT=/some/dir bash benchmarks/run_gpu.sh measure      # on the GPU machine
+#   OUT=/some/dir bash benchmarks/run_gpu.sh reproduce
+#   bash benchmarks/run_gpu.sh --dry-run                  # both calls on CPU with tiny sizes (CI)
 set -uo pipefail
 
+CALL=${1:-}
 DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
+if [ "$CALL" = "--dry-run" ]; then  # both calls, one after the other, each in its own OUT
+    base=${OUT:-$(mktemp -d /tmp/fr_fast_gpu_dry.XXXXXX)}
+    OUT=$base/measure bash "$0" measure --dry-run; m=$?
+    OUT=$base/reproduce bash "$0" reproduce --dry-run; r=$?
+    echo "dry run: measure rc=$m, reproduce rc=$r; results in $base"
+    exit $((m | r))
+fi
+[ "${2:-}" = "--dry-run" ] && DRY=1
+case "$CALL" in measure|reproduce) ;; *) echo "usage: bash benchmarks/run_gpu.sh measure|reproduce [--dry-run] | --dry-run" >&2; exit 2;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 if [ $DRY = 1 ]; then
     OUT=${OUT:-$(mktemp -d /tmp/fr_fast_gpu_dry.XXXXXX)}
-    BUDGET_S=${BUDGET_S:-240}
     PY=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || command -v python3)}
+    DEFAULT_BUDGET=$([ "$CALL" = measure ] && echo 90 || echo 80)
 else
-    OUT=${OUT:-$ROOT/benchmarks/results/gpu_run}
-    BUDGET_S=${BUDGET_S:-390}
+    OUT=${OUT:-$ROOT/benchmarks/results/gpu_run_$CALL}
     PY=${PYTHON:-$(command -v python3 || command -v python)}
+    DEFAULT_BUDGET=$([ "$CALL" = measure ] && echo 540 || echo 360)
 fi
+BUDGET_S=${BUDGET_S:-$DEFAULT_BUDGET}
 WORK=${WORK:-$(mktemp -d /tmp/fr_fast_gpu_work.XXXXXX)}
 mkdir -p "$OUT" "$WORK/results" "$WORK/logs"
 LOG="$OUT/run_gpu.log"
+ROWS="$OUT/rows.jsonl"
 : > "$LOG"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export FR_FAST_BENCH_RESULTS="$WORK/results"   # benchmarks write here, not into the committed results
@@ -50,38 +60,37 @@ FMNIST_DIR=${FMNIST_DIR:-$ROOT/.gpu_carry/fashion-mnist}
 say() { echo "$*" | tee -a "$LOG"; }
 left() { echo $((BUDGET_S - SECONDS)); }
 report() { "$PY" "$ROOT/benchmarks/gpu_report.py" "$WORK" "$OUT" >>"$LOG" 2>&1 || say "report failed"; }
+FAILED=()
+SLOW=()
 record() {  # record NAME RC SECONDS LIMIT
     printf '{"stage": "%s", "rc": "%s", "seconds": %s, "limit": %s}\n' "$1" "$2" "$3" "$4" >> "$WORK/stages.jsonl"
     if [ "$2" = 0 ]; then :
-    elif [ $DRY = 1 ] && { [ "$2" = 124 ] || [ "$2" = skipped ]; }; then
+    elif [ $DRY = 1 ] && { [ "$2" = 124 ] || [ "$2" = 137 ] || [ "$2" = skipped ]; }; then
         SLOW+=("$1(rc=$2)")   # dry run on a slow or busy CPU: a stage out of time is not a broken stage
     else FAILED+=("$1(rc=$2)"); fi
     report
 }
-FAILED=()
-SLOW=()
-# ONLY: comma list of the stages to run (default: all but the second-call rows listed in SECOND)
-SECOND=",bench_train_wrn,bench_train_b512,bench_train_compile,"
-wanted() { if [ -n "${ONLY:-}" ]; then [[ ",$ONLY," == *",$1,"* ]]; else [[ $DRY = 1 || "$SECOND" != *",$1,"* ]]; fi; }
+wanted() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }   # ONLY: comma list of stages to run
 stage() {  # stage NAME LIMIT CMD...: run with min(LIMIT, budget left) seconds, log, record, report
     local name=$1 limit=$2; shift 2
     wanted "$name" || return 0
-    local room=$(( $(left) - 12 ))
+    local room=$(( $(left) - 8 ))
     [ "$room" -lt "$limit" ] && limit=$room
     if [ "$limit" -lt 5 ]; then say "=== [$name] skipped: budget spent (${SECONDS}s)"; record "$name" skipped 0 0; return 0; fi
     local start=$SECONDS
     say "=== [$name] $* (limit ${limit}s, t=${SECONDS}s)"
-    timeout --kill-after=5 "$limit" "$@" > "$WORK/logs/$name.log" 2>&1
+    STAGE_LIMIT=$limit timeout --kill-after=5 "$limit" "$@" > "$WORK/logs/$name.log" 2>&1
     local rc=$?
-    tail -n 40 "$WORK/logs/$name.log" | tee -a "$LOG"
+    tail -n 30 "$WORK/logs/$name.log" | tee -a "$LOG"
     say "=== [$name] rc=$rc in $((SECONDS - start)) s"
     record "$name" "$rc" $((SECONDS - start)) "$limit"
 }
 
-# ---- preflight ------------------------------------------------------------------------------------
+# ---- preflight and build (both calls) --------------------------------------------------------------------
 {
-    echo "date: $(date -u +%FT%TZ)  mode: $([ $DRY = 1 ] && echo dry-run || echo gpu)  budget: ${BUDGET_S}s"
+    echo "date: $(date -u +%FT%TZ)  call: $CALL  mode: $([ $DRY = 1 ] && echo dry-run || echo gpu)  budget: ${BUDGET_S}s"
     echo "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])' 2>&1))  CUDA_HOME: ${CUDA_HOME:-none}  arch: $TORCH_CUDA_ARCH_LIST"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | head -3
     echo "nvcc: $(nvcc --version 2>&1 | grep -o 'release [0-9.]*' || echo missing)"
     echo "compute-sanitizer: $(compute-sanitizer --version 2>&1 | grep -o 'Version [0-9.]*' || echo missing)"
@@ -97,56 +106,49 @@ if [ $DRY = 0 ]; then
     if [ -n "$problem" ]; then say "preflight failed: $problem"; record preflight 1 0 0; exit 2; fi
 fi
 record preflight 0 "$SECONDS" 30
-
-# ---- build ----------------------------------------------------------------------------------------
-if { [ $DRY = 1 ] || ! wanted build; } && "$PY" -c "import fr_fast._C" 2>/dev/null; then
-    say "=== [build] skipped: the extension is already built"
+DEV=$([ $DRY = 1 ] && echo cpu || echo cuda)
+has_cuda_build() { "$PY" -c "import fr_fast, sys; sys.exit(0 if fr_fast.backend('$DEV') == ('cpp' if '$DEV' == 'cpu' else 'cuda') else 1)" 2>/dev/null; }
+if has_cuda_build; then  # a warm machine keeps the build of the previous call
+    say "=== [build] skipped: the extension is already built for $DEV"
 else
     [ $DRY = 1 ] && export FR_FAST_CPU_ONLY=1
     rm -f fr_fast/_C*.so
-    ONLY_SAVED=${ONLY:-}; [ -n "${ONLY:-}" ] && ONLY="$ONLY,build"   # a missing extension is always built
-    stage build 240 "$PY" setup.py build_ext --inplace
-    ONLY=$ONLY_SAVED
+    stage build 60 "$PY" setup.py build_ext --inplace
 fi
-DEV=$([ $DRY = 1 ] && echo cpu || echo cuda)
-stage backend 60 "$PY" -c "import fr_fast; b = fr_fast.backend('$DEV'); print('backend($DEV) =', b); \
+stage backend 20 "$PY" -c "import fr_fast; b = fr_fast.backend('$DEV'); print('backend($DEV) =', b); \
 assert b == ('cpp' if '$DEV' == 'cpu' else 'cuda'), 'fused kernels not built'"
 
-# ---- Fashion-MNIST experiment in the background (its own budget), correctness checks meanwhile -------
-if [ $DRY = 1 ]; then
-    FMNIST_ARGS=(--dry-run --budget-s 100 --runs at:0,at_frwa:0)
-else
-    FMNIST_ARGS=(--budget-s "${FMNIST_BUDGET_S:-200}" --data-dir "$FMNIST_DIR")
-fi
-FMNIST_LIMIT=$(( ${FMNIST_BUDGET_S:-200} + 40 ))
-[ $DRY = 1 ] && FMNIST_LIMIT=120
-FMNIST_ARGS+=(${FMNIST_EXTRA:-})   # e.g. "--runs at:1,at_fr:1,at_frwa:1 --fixed-epochs 4"
-if ! wanted fmnist; then
-    FMNIST_PID=""
-elif [ $DRY = 1 ] || [ -d "$FMNIST_DIR" ]; then
-    FMNIST_START=$SECONDS
-    say "=== [fmnist] started in the background (limit ${FMNIST_LIMIT}s, t=${SECONDS}s)"
-    timeout --kill-after=5 "$FMNIST_LIMIT" "$PY" experiments/reproduce_gpu.py --out "$WORK/fmnist" "${FMNIST_ARGS[@]}" \
-        > "$WORK/logs/fmnist.log" 2>&1 &
-    FMNIST_PID=$!
-else
-    say "=== [fmnist] skipped: no data in $FMNIST_DIR"; record fmnist skipped 0 0; FMNIST_PID=""
+# ---- call 2: the paired Fashion-MNIST comparison, alone on the GPU --------------------------------------------
+if [ "$CALL" = reproduce ]; then
+    if [ $DRY = 1 ]; then
+        ARGS=(--dry-run --budget-s $(( $(left) - 15 )))
+    elif [ -d "$FMNIST_DIR" ]; then
+        ARGS=(--budget-s $(( $(left) - 15 )) --data-dir "$FMNIST_DIR")
+        "$PY" -c "import dataclasses, sys; from fr_fast.config.train_config import TrainConfig; \
+sys.exit(0 if 'cuda_graph' in {f.name for f in dataclasses.fields(TrainConfig)} else 1)" \
+            && ARGS+=(--cuda-graph) || say "CUDA-graph step: not available in this build (batch 512, eager)"
+    else
+        say "=== [fmnist] skipped: no data in $FMNIST_DIR"; record fmnist skipped 0 0; ARGS=()
+    fi
+    # shellcheck disable=SC2086
+    [ ${#ARGS[@]} -gt 0 ] && stage fmnist $(( $(left) - 5 )) "$PY" experiments/reproduce_gpu.py --out "$WORK/fmnist" \
+        "${ARGS[@]}" ${FMNIST_EXTRA:-}
+    [ ${#SLOW[@]} -gt 0 ] && say "dry run: out of time (not counted as failures): ${SLOW[*]}"
+    say "failed stages: ${FAILED[*]:-none}; total ${SECONDS}s; results in $OUT"
+    report
+    [ ${#FAILED[@]} -eq 0 ]; exit $?
 fi
 
+# ---- call 1: correctness, then benchmarks timed alone ---------------------------------------------------------
 if [ $DRY = 1 ]; then  # no GPU: check that the CUDA tests collect (they skip on CPU)
-    stage tests 90 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m "not slow" -k cuda tests
+    stage tests 40 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m "not slow" -k cuda tests
+    stage sanitizer 30 "$PY" benchmarks/gpu_checks.py calls
 else
-    # every CUDA case in tests/ (the CPU cases run in CI); pytest-xdist spreads torch.compile warm-ups
     XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")
     stage tests 120 "$PY" -m pytest -q -rfE --maxfail=50 -p no:cacheprovider $XDIST -m "not slow" -k cuda tests
-fi
-if [ $DRY = 1 ]; then
-    stage sanitizer 60 "$PY" benchmarks/gpu_checks.py calls
-    stage large 30 "$PY" benchmarks/gpu_checks.py large --numel 100003
-else
-    # memcheck and racecheck side by side on small calls of every kernel; one allocation per tensor
-    # (no caching allocator) so that an out-of-bounds access leaves its allocation and is seen
-    stage sanitizer 100 bash -c 'export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    # memcheck and racecheck side by side on every kernel and path; one allocation per tensor (no caching
+    # allocator) so that an out-of-bounds access leaves its allocation and is seen
+    stage sanitizer 60 bash -c 'export PYTORCH_NO_CUDA_MEMORY_CACHING=1
         compute-sanitizer --error-exitcode 1 --print-limit 20 --tool memcheck "$0" benchmarks/gpu_checks.py calls \
             > "$1/logs/memcheck.log" 2>&1 & m=$!
         compute-sanitizer --error-exitcode 1 --print-limit 20 --tool racecheck "$0" benchmarks/gpu_checks.py calls \
@@ -154,36 +156,25 @@ else
         wait $m; m=$?
         tail -n 8 "$1/logs/memcheck.log" "$1/logs/racecheck.log"; echo "memcheck rc=$m racecheck rc=$r"
         exit $((m | r))' "$PY" "$WORK"
-    stage large 40 "$PY" benchmarks/gpu_checks.py large
 fi
-
-if [ -n "$FMNIST_PID" ]; then
-    wait "$FMNIST_PID"; rc=$?
-    tail -n 30 "$WORK/logs/fmnist.log" | tee -a "$LOG"
-    say "=== [fmnist] rc=$rc in $((SECONDS - FMNIST_START)) s"
-    record fmnist "$rc" $((SECONDS - FMNIST_START)) "$FMNIST_LIMIT"
-fi
-
-# ---- benchmarks, timed alone ------------------------------------------------------------------------
 if [ $DRY = 1 ]; then
-    stage bench_ops 60 "$PY" benchmarks/bench_ops.py --device cpu --quick --tag dryrun
-    stage bench_train 90 "$PY" benchmarks/bench_train.py --device cpu --quick --models small_cnn --trades-models ""
-    stage bench_attacks 40 "$PY" benchmarks/bench_attacks.py --device cpu --models small_cnn --steps 2 --reps 1 --batch-size 16
-    stage bench_heatmap 40 "$PY" benchmarks/bench_heatmap.py --device cpu --images 2 --repeats 1 --out "$WORK/results/heatmap_dryrun.json"
+    Q=(--device cpu --quick --jsonl "$ROWS")
+    stage bandwidth 20 "$PY" benchmarks/bench_ops.py "${Q[@]}" --only large --large --large-batch 2 --tag dry_bw
+    stage fr_rows 20 "$PY" benchmarks/bench_ops.py "${Q[@]}" --only fr2d,fr --no-compile --tag dry_fr
+    stage train_rows 40 "$PY" benchmarks/bench_train.py "${Q[@]}" --models small_cnn --trades-models "" \
+        --no-ablation --rows "fr_fast;fr_fast (fft 1d);fr_fast step, CUDA graph"
 else
-    stage bench_ops 45 "$PY" benchmarks/bench_ops.py --device cuda
-    stage bench_train 70 "$PY" benchmarks/bench_train.py --device cuda --models resnet18 --trades-models "" \
-        --no-compile --rounds 2 --heavy-rounds 1
-    stage check 15 "$PY" benchmarks/check.py --from-json "$WORK/results/ops_cuda.json" "$WORK/results/train_cuda.json"
-    stage bench_attacks 25 "$PY" benchmarks/bench_attacks.py --device cuda --batch-size 128 --reps 1
-    stage bench_heatmap 15 "$PY" benchmarks/bench_heatmap.py --device cuda --out "$WORK/results/heatmap_cuda.json"
-    # second-call rows (ONLY=...): WRN-34-10, batch 512, TRADES+FR, and torch.compile (a minute of warm-up)
-    stage bench_train_wrn 120 "$PY" benchmarks/bench_train.py --device cuda --models wrn34_10 --trades-models "" \
-        --no-compile --rounds 2 --heavy-rounds 1 --tag wrn
-    stage bench_train_b512 60 "$PY" benchmarks/bench_train.py --device cuda --models resnet18 --resnet-batch 512 \
-        --no-ablation --trades-models resnet18 --no-compile --rounds 2 --heavy-rounds 1 --tag b512
-    stage bench_train_compile 150 "$PY" benchmarks/bench_train.py --device cuda --models resnet18 \
-        --compile --no-ablation --trades-models "" --rounds 2 --tag compile
+    C=(--device cuda --jsonl "$ROWS")
+    stage bandwidth 30 "$PY" benchmarks/bench_ops.py "${C[@]}" --only large --large --tag bandwidth
+    stage fr_rows 45 "$PY" benchmarks/bench_ops.py "${C[@]}" --only fr2d,fr,call --budget-s 45 --tag fr
+    TRAIN_ROWS="fr_fast;fr_fast (fft 1d);fr_fast + torch.compile(reduce-overhead);fr_fast step, CUDA graph"
+    stage train_b128 45 "$PY" benchmarks/bench_train.py "${C[@]}" --models resnet18 --trades-models "" --compile \
+        --no-ablation --resnet-batch 128 --rows "$TRAIN_ROWS" --blocks 5 --block-s 0.3 --tag b128
+    stage train_b512 45 "$PY" benchmarks/bench_train.py "${C[@]}" --models resnet18 --trades-models "" --compile \
+        --no-ablation --resnet-batch 512 --rows "$TRAIN_ROWS" --blocks 5 --block-s 0.3 --tag b512
+    # continuity: the first run's rows (benchmarks/results/ops_cuda.md, train_cuda*.md) with today's harness
+    stage continuity 90 "$PY" benchmarks/bench_train.py "${C[@]}" --models resnet18 --trades-models resnet18 \
+        --no-compile --resnet-batch 128 --blocks 5 --block-s 0.3 --tag continuity
 fi
 
 [ ${#SLOW[@]} -gt 0 ] && say "dry run: out of time (not counted as failures): ${SLOW[*]}"

@@ -34,17 +34,19 @@ class PaperRow:
     """One row of a paper table: how to train it and what the paper reports."""
 
     id: str
-    table: int
+    table: int | None
     row: str
     compose: tuple[str, ...]
     settings: dict[str, Any] = field(default_factory=dict)  # the row's "set:" fields
     paper: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    figure: int | None = None  # a figure's run (Fig. 6 ablations) instead of a table row
+    branch: dict[str, Any] | None = None  # {row, epoch}: the trunk checkpoint the paper continues from
 
     @property
     def title(self) -> str:
-        """"Table 7: TRADES + FR": the name ``--paper`` accepts besides the id."""
-        return f"Table {self.table}: {self.row}"
+        """"Table 7: TRADES + FR" (or "Figure 6: lambda 0.5"): the name ``--paper`` accepts besides the id."""
+        return f"Table {self.table}: {self.row}" if self.figure is None else f"Figure {self.figure}: {self.row}"
 
 
 def paper_file() -> Path:
@@ -74,10 +76,16 @@ def load_paper(path: str | Path | None = None) -> tuple[dict[int, str], list[Pap
     """(table titles, rows) of paper.yaml."""
     raw = _raw(path)
     tables = {int(k): str(v) for k, v in raw["tables"].items()}
-    rows = [PaperRow(id=r["id"], table=int(r["table"]), row=r["row"], compose=tuple(r["compose"]),
-                     settings=dict(r.get("set") or {}), paper=dict(r["paper"]), note=r.get("note"))
+    rows = [PaperRow(id=r["id"], table=int(r["table"]) if "table" in r else None, row=r["row"],
+                     compose=tuple(r["compose"]), settings=dict(r.get("set") or {}), paper=dict(r.get("paper") or {}),
+                     note=r.get("note"), figure=r.get("figure"), branch=r.get("branch_from"))
             for r in raw["rows"]]
     return tables, rows
+
+
+def figures(path: str | Path | None = None) -> dict[int, str]:
+    """paper.yaml's figure titles (figures whose runs are rows too: Fig. 6's ablations)."""
+    return {int(k): str(v) for k, v in (_raw(path).get("figures") or {}).items()}
 
 
 def _key(text: str) -> str:
@@ -230,6 +238,15 @@ def presets_markdown(path: str | Path | None = None) -> str:
         if notes:
             out += [""] + [f"- `{r.id}`: {r.note}" for r in notes]
         out.append("")
+    for number, title in figures(path).items():
+        members = [r for r in rows if r.figure == number]
+        out += [f"## Figure {number}", "", title + ".", "", "| id | run | composition | branches from |",
+                "|---|---|---|---|"]
+        for r in members:
+            origin = f"`{r.branch['row']}` after {r.branch['epoch']} epochs" if r.branch else ""
+            out.append(f"| `{r.id}` | {r.row} | {_composition(r)} | {origin} |")
+        notes = [r for r in members if r.note]
+        out += ([""] + [f"- `{r.id}`: {r.note}" for r in notes] if notes else []) + [""]
     out += ["## Deviations and readings", ""] + [f"- {d}" for d in deviations(path)] + [""]
     return "\n".join(out)
 

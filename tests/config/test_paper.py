@@ -10,7 +10,9 @@ from fr_fast.cli.train import main as train_main
 from fr_fast.config import paper
 from fr_fast.config.train_config import CONFIG_DIRS, config_to_dict, load_config
 
-TABLES, ROWS = paper.load_paper()
+TABLES, ALL_ROWS = paper.load_paper()
+ROWS = [r for r in ALL_ROWS if r.figure is None]
+FIGURE_ROWS = [r for r in ALL_ROWS if r.figure is not None]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "presets.md"
 # Rows per table in the paper: Table 1 (4 datasets x natural / L-model / robust), Table 2 (4 x 3),
 # Table 3 (6 defenses), Table 4 (2 models x 3), Tables 5-8 (4 methods x 3).
@@ -21,8 +23,26 @@ def test_paper_yaml_covers_tables_1_to_8():
     assert sorted(TABLES) == list(range(1, 9))
     counts = {t: sum(r.table == t for r in ROWS) for t in TABLES}
     assert counts == EXPECTED_ROWS
-    assert len({r.id for r in ROWS}) == len(ROWS)
-    assert len({paper._key(r.title) for r in ROWS}) == len(ROWS)
+    assert len({r.id for r in ALL_ROWS}) == len(ALL_ROWS)
+    assert len({paper._key(r.title) for r in ALL_ROWS}) == len(ALL_ROWS)
+
+
+def test_figure_6_rows_branch_from_the_at_trunk_before_the_decay():
+    assert paper.figures() and {r.figure for r in FIGURE_ROWS} == {6}
+    trunk = paper.row_config(FIGURE_ROWS[0].branch["row"])
+    assert (trunk.method, trunk.fr, trunk.dataset) == ("at", "none", "cifar10")
+    lams, distances = [], []
+    for row in FIGURE_ROWS:
+        cfg = paper.row_config(row.id)
+        assert row.branch == {"row": "t6-at", "epoch": trunk.lr_milestones[0]} and row.paper == {}
+        assert (cfg.fr, cfg.fft, cfg.resolved_fr_start()) == ("fr", "2d", row.branch["epoch"])
+        different = {k for k in ("model", "dataset", "batch_size", "eps", "alpha", "lr", "lr_milestones", "seed",
+                                 "attack_steps", "epochs") if getattr(cfg, k) != getattr(trunk, k)}
+        assert not different  # a branch of the trunk's checkpoint may differ only in FR settings
+        (distances if row.id.startswith("f6-dist") else lams).append(cfg.distance if row.id.startswith("f6-dist")
+                                                                     else cfg.lam)
+    assert lams == [0.01, 0.05, 0.1, 0.5, 1.0] and distances == ["l1", "l2", "cosine"]
+    assert paper.find_row("Figure 6: lambda 0.5").id == "f6-lam-05"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
