@@ -32,7 +32,7 @@ ROOT=$(pwd)
 if [ $DRY = 1 ]; then
     OUT=${OUT:-$(mktemp -d /tmp/fr_fast_gpu_dry.XXXXXX)}
     PY=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || command -v python3)}
-    DEFAULT_BUDGET=$([ "$CALL" = measure ] && echo 90 || echo 80)
+    DEFAULT_BUDGET=$([ "$CALL" = measure ] && echo 80 || echo 100)
 else
     OUT=${OUT:-$ROOT/benchmarks/results/gpu_run_$CALL}
     PY=${PYTHON:-$(command -v python3 || command -v python)}

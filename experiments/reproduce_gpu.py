@@ -140,18 +140,22 @@ def evaluate_fork(args: argparse.Namespace, record: dict, checkpoint: str, path:
 
 
 # ------------------------------------------------------------------------------------------- the driver
-def launch(roles: list[str], args: argparse.Namespace, deadline: float, epochs: int = 1, trunk_epochs: int = 0) -> None:
-    """Run one worker per role at once (subprocesses; sequentially in this process with --in-process)."""
+def launch(roles: list[str], args: argparse.Namespace, deadline: float, epochs: int = 1,
+           trunk_epochs: int = 0) -> dict[str, int]:
+    """Run one worker per role at once (subprocesses; sequentially in this process with --in-process).
+
+    Returns {role: exit status} of the workers that did not succeed (124: killed at the deadline).
+    """
     if args.in_process:
         for role in roles:
             sub = argparse.Namespace(**{**vars(args), "epochs": epochs, "trunk_epochs": trunk_epochs,
                                         "process_start": time.perf_counter()})
             worker(sub, role)
-        return
+        return {}
     base = [sys.executable, os.path.abspath(__file__), "--epochs", str(epochs), "--trunk-epochs", str(trunk_epochs)]
     base += [a for a in args.argv if not a.startswith("--worker")]
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    procs = []
+    procs, failed = [], {}
     for role in roles:
         log = open(args.out / "logs" / f"{role.replace(':', '_')}.log", "w")
         procs.append((role, subprocess.Popen([*base, f"--worker={role}"], stdout=log, stderr=subprocess.STDOUT)))
@@ -160,9 +164,14 @@ def launch(roles: list[str], args: argparse.Namespace, deadline: float, epochs: 
             proc.wait(timeout=max(1.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
             print(f"{role}: killed at the deadline", flush=True)
-        if proc.returncode not in (0, None):
+            failed[role] = 124
+            continue
+        if proc.returncode != 0:
             print(f"{role}: exit code {proc.returncode} (see {args.out / 'logs'})", flush=True)
+            failed[role] = proc.returncode
+    return failed
 
 
 def size_epochs(probes: list[dict], args: argparse.Namespace, seconds: float) -> tuple[int, dict]:
@@ -219,10 +228,13 @@ def run_experiment(args: argparse.Namespace) -> dict:
     missing = [s for s in args.seeds if not (args.out / "work" / f"trunk_seed{s}" / "last.pt").exists()]
     if missing:
         raise SystemExit(f"the trunk of seed(s) {missing} did not finish: no forks (see {args.out / 'logs'})")
-    launch([f"fork:{r}" for r in forks], args, deadline, epochs, trunk_epochs)
+    failed = launch([f"fork:{r}" for r in forks], args, deadline, epochs, trunk_epochs)
     meta["wall_s"] = time.time() - start
     report.write_json(args.out / "meta.json", meta)
-    return report.write_outputs(args.out, meta, curves=True)
+    result = report.write_outputs(args.out, meta, curves=True)
+    if failed:  # the records written so far stay; 124 = out of time, 1 = a run failed
+        raise SystemExit(124 if set(failed.values()) == {124} else 1)
+    return result
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
