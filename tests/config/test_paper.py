@@ -41,8 +41,8 @@ def test_figure_6_rows_branch_from_the_at_trunk_before_the_decay():
         assert not different  # a branch of the trunk's checkpoint may differ only in FR settings
         (distances if row.id.startswith("f6-dist") else lams).append(cfg.distance if row.id.startswith("f6-dist")
                                                                      else cfg.lam)
-    assert lams == [0.01, 0.05, 0.1, 0.5, 1.0] and distances == ["l1", "l2", "cosine"]
-    assert paper.find_row("Figure 6: lambda 0.5").id == "f6-lam-05"
+    assert lams == [0.01, 0.05, 0.1, 0.15, 0.2] and distances == ["l1", "l2", "cosine"]
+    assert paper.find_row("Figure 6: lambda 0.15").id == "f6-lam-015"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
