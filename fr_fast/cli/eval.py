@@ -19,6 +19,7 @@ from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import WEIGHTS, checkpoint_data_dir, load_model
 from fr_fast.runs.runfolder import ensure_writable_file
 from fr_fast.spectral.analyses import filtered_accuracy
+from fr_fast.utils.files import write_text
 
 
 @dataclass
@@ -103,13 +104,11 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
                            "accuracy": published_for_eval(row_id, cfg)}
         print(comparison_table(report, cfg["paper_row"], cfg))
     if opts.out:
-        with open(opts.out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_text(opts.out, json.dumps(report, indent=2))
         print(f"wrote {opts.out}")
     if opts.robustbench_json:
         entry = robustbench_entry(report, name=opts.robustbench_name or default_name(args.checkpoint),
                                   model=cfg.get("model"), model_kwargs=cfg.get("model_kwargs"))
-        with open(opts.robustbench_json, "w") as f:
-            json.dump(entry, f, indent=2)
+        write_text(opts.robustbench_json, json.dumps(entry, indent=2))
         print(f"wrote {opts.robustbench_json}")
     return 0

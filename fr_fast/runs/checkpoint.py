@@ -16,12 +16,9 @@ for NaN/inf with one fused reduction before it is written.
 """
 from __future__ import annotations
 
-import errno
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,26 +28,25 @@ import torch
 from torch import nn
 
 from fr_fast.models import build_model
+from fr_fast.utils.files import TEMP_SUFFIX, atomic_write
+from fr_fast.utils.files import DiskFullError as DiskFullError  # re-exported: raised by save_checkpoint
 from fr_fast.utils.paths import local_path
 
 FORMAT = "fr_fast.runs.checkpoint"
 VERSION = 1
-TEMP_SUFFIX = ".tmp"
 # Test hook (tests/test_kill.py): with FR_FAST_TEST_PAUSE_SAVE=best.pt@2 the save of best.pt holding
 # epoch 2 announces itself on stderr and sleeps inside the save (temporary file written, not yet renamed),
 # so a test can SIGKILL the process exactly there. Unset in normal use: one environment lookup per save.
 PAUSE_SAVE_ENV = "FR_FAST_TEST_PAUSE_SAVE"
 
 
-class DiskFullError(OSError):
-    """No space left to write a checkpoint; the message names the path and the free space (exit status 1)."""
-
-    exit_code = 1
+class NonFiniteCheckpoint(ValueError):
+    """A checkpoint holds NaN/inf weights or state: it is refused wherever it would be used or promoted."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, ``os.replace``,
-    fsync of the folder (so the rename itself survives a power loss).
+    """Write ``state`` to ``path`` atomically (:func:`fr_fast.utils.files.atomic_write`: a temporary file in the
+    same folder, fsync, ``os.replace``, fsync of the folder), with the permissions of any other run file.
 
     A crash or exception while writing leaves any previous file at ``path`` untouched. Raises
     :class:`DiskFullError` when the disk is full (the partial temporary file is removed).
@@ -58,51 +54,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _test_pause(path, state.get("epoch"))
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if _is_disk_full(exc):
-            free = shutil.disk_usage(path.parent).free
-            full = DiskFullError(f"no space left on the device writing {path} ({free / 2**20:.2f} MiB free in "
-                                 f"{path.parent}); free space or choose another out_dir")
-            full.errno = errno.ENOSPC
-            raise full from exc
-        raise
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT, also when torch.save wraps it in a RuntimeError (its zip writer does)."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(exc, RuntimeError) and ("No space left" in str(exc) or "file write failed" in str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory file descriptors (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path, "wb", before_rename=lambda: _test_pause(path, state.get("epoch"))) as fh:
+        torch.save(state, fh)
 
 
 def _test_pause(path: Path, epoch: Any) -> None:
@@ -162,10 +115,13 @@ def _float_tensors(obj: Any, prefix: str):
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
-    Raises FileNotFoundError when ``path`` is missing and ValueError when it is a URL or not an fr_fast
-    checkpoint.
+    Raises FileNotFoundError when ``path`` is missing, IsADirectoryError when it is a folder and ValueError
+    when it is a URL or not an fr_fast checkpoint.
     """
     path = local_path(path, "checkpoint")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {str(path)!r} is a folder; give a checkpoint file in it, e.g. "
+                                f"{str(path / 'best.pt')!r}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -198,7 +154,8 @@ def average_weights(state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                weights: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model of a checkpoint, in eval mode on ``device``.
+    """Rebuild a trained model of a checkpoint, in eval mode on ``device``; :class:`NonFiniteCheckpoint` when the
+    chosen weights hold NaN/inf.
 
     ``weights``: "student" (the trained model), "average" (its weight average, BN statistics as the
     trainer re-estimated them) or "auto": the average when the run evaluated it (``wa_role`` evaluated or
@@ -219,11 +176,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         weights = "average" if evaluated and average is not None else "student"
     if weights == "average" and average is None:
         raise ValueError(f"{str(path)!r} holds no weight average (the run kept none): use --weights student")
+    chosen = average if weights == "average" else state["model"]
+    bad = nonfinite_entries(chosen)
+    if bad:
+        raise NonFiniteCheckpoint(f"{str(path)!r} holds non-finite {weights} weights ({bad[0]}"
+                                  f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); refusing to evaluate "
+                                  "them: use a checkpoint of an earlier epoch")
     kwargs = dict(state["model_kwargs"])
     # Checkpoints written before the L-model filter became a layer name it only in their config.
     kwargs.setdefault("low_pass_bandwidth", state["config"].get("low_pass_bandwidth"))
     model = build_model(**kwargs)
-    model.load_state_dict(average if weights == "average" else state["model"])
+    model.load_state_dict(chosen)
     model.to(device).eval()
     cfg.update(num_classes=kwargs["num_classes"], in_channels=kwargs.get("in_channels", 3), weights=weights)
     return model, cfg

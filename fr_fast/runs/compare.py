@@ -5,6 +5,10 @@ A run is a folder written by ``fr-fast train``: ``metrics.jsonl`` (per-epoch his
 lambda, epochs, the best epoch (by the run's ``select_by`` metric) with its validation clean and PGD
 accuracy, and the clean / PGD-20 / AutoAttack accuracy of an ``fr-fast eval --out`` report saved in
 the run folder, if there is one. ``--plot curves.png`` draws the validation curves of all runs.
+
+A damaged folder (unreadable or torn files) is skipped with a one-line note naming it
+(:func:`read_runs`), so one bad folder never hides the others. A run is labelled by its ``name`` (``fr-fast
+train --name``), else by its folder.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 
 from fr_fast._optional import require
 from fr_fast.runs.checkpoint import load_checkpoint
+from fr_fast.utils.files import save_figure
 
 COLUMNS = ("run", "method", "lambda", "epochs", "best epoch", "val clean %", "val PGD %", "eval clean %",
            "eval PGD-20 %", "eval AA %")
@@ -73,20 +78,55 @@ def _eval_report(folder: Path) -> dict[str, Any] | None:
 
 
 def load_run(folder: str | Path) -> Run:
-    """Read one run folder; ValueError when it is not one."""
+    """Read one run folder; FileNotFoundError when it is not one, ValueError (naming the folder and the file)
+    when it is damaged."""
     folder = Path(folder)
     metrics = folder / "metrics.jsonl"
     if not metrics.is_file():
         raise FileNotFoundError(f"{str(folder)!r} is not a run folder (no metrics.jsonl)")
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    if (folder / "run.json").is_file():
-        info = json.loads((folder / "run.json").read_text())
-    elif (folder / "last.pt").is_file():  # runs written before run.json existed
-        info = load_checkpoint(folder / "last.pt")
-    else:
-        raise ValueError(f"{str(folder)!r} has neither run.json nor last.pt: cannot tell its config")
-    return Run(folder, dict(info.get("config", {})), history, info.get("selected_by", "val_pgd"),
-               _eval_report(folder), name=str(folder))
+    try:
+        history = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if (folder / "run.json").is_file():
+            info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        elif (folder / "last.pt").is_file():  # runs written before run.json existed
+            info = load_checkpoint(folder / "last.pt")
+        else:
+            raise ValueError("neither run.json nor last.pt: cannot tell its config")
+        if not isinstance(info, dict) or not all(isinstance(h, dict) for h in history):
+            raise ValueError("run.json or metrics.jsonl does not hold the expected records")
+        config = dict(info.get("config") or {})
+    except (OSError, ValueError, TypeError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise ValueError(f"damaged run folder {str(folder)!r}: {exc}") from None
+    return Run(folder, config, history, info.get("selected_by", "val_pgd"), _eval_report(folder),
+               name=str(config.get("name") or folder))
+
+
+def read_runs(folders: list[Path]) -> tuple[list[Run], list[str]]:
+    """(the runs of ``folders`` that could be read, one line per damaged folder that was skipped)."""
+    runs, skipped = [], []
+    for folder in folders:
+        try:
+            runs.append(load_run(folder))
+        except ValueError as exc:
+            skipped.append(f"skipped {exc}")
+    return runs, skipped
+
+
+def expand_run_paths(paths: list[str | Path]) -> list[Path]:
+    """Run folders named by ``paths``: a run folder as is, a folder of runs (``runs/<preset>``) as the runs in it.
+
+    FileNotFoundError (one line) for a path that is neither.
+    """
+    folders: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "metrics.jsonl").is_file():
+            folders.append(path)
+        elif path.is_dir() and (inside := find_runs(path)):
+            folders.extend(inside)
+        else:
+            what = "folder holds no training runs" if path.is_dir() else "not a run folder: it does not exist"
+            raise FileNotFoundError(f"{str(path)!r}: {what} (a run folder holds metrics.jsonl)")
+    return list(dict.fromkeys(folders))
 
 
 def _pct(value: Any) -> str:
@@ -141,6 +181,7 @@ def plot_curves(runs: list[Run], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -4,6 +4,11 @@
 ``metrics.csv`` holds the same rows with the unit in each column name (``val_pgd_pct``, ``epoch_time_s``).
 With ``tensorboard=True`` the numeric columns also go to ``tensorboard/`` as scalars (step = epoch).
 ``run.json`` records the config and the runtime (:mod:`fr_fast.runs.runinfo`) the run was produced with.
+
+Every write replaces a whole file by rename (:func:`fr_fast.utils.files.atomic_write`): a reader never sees
+a torn or empty file, a crash keeps the previous epoch's files, a link planted in the folder is replaced
+rather than written through, and a full disk is one :class:`~fr_fast.utils.files.DiskFullError`. The files
+are small (one row per epoch), so rewriting them per epoch costs nothing next to an epoch.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import csv
 import json
 from pathlib import Path
 from typing import Any, Sequence
+
+from fr_fast.utils.files import atomic_write, write_text
 
 # Columns whose name does not carry its unit yet -> the CSV / TensorBoard name with the unit.
 UNIT_NAMES = {"train_acc": "train_acc_pct", "val_clean": "val_clean_pct", "val_pgd": "val_pgd_pct",
@@ -43,28 +50,25 @@ class MetricsLog:
         self.rows = [dict(h) for h in history]
         self.writer = tensorboard_writer(self.out_dir / "tensorboard", purge_step=len(self.rows) + 1) \
             if tensorboard else None
-        (self.out_dir / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
-        with open(self.out_dir / "metrics.jsonl", "w") as fh:
-            fh.writelines(json.dumps(h) + "\n" for h in self.rows)
-        self._write_csv()
+        write_text(self.out_dir / "run.json", json.dumps(run, indent=2, default=str) + "\n")
+        self._write()
 
     def append(self, metrics: dict[str, Any]) -> None:
         """Log one epoch's metrics to every file."""
         self.rows.append(dict(metrics))
-        with open(self.out_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(metrics) + "\n")
-        self._write_csv()
+        self._write()
         if self.writer is not None:
             for key, value in with_units(metrics).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
                     self.writer.add_scalar(key, value, global_step=metrics["epoch"])
             self.writer.flush()
 
-    def _write_csv(self) -> None:
+    def _write(self) -> None:
+        write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.rows))
         rows = [with_units(r) for r in self.rows]
         keys = {k for r in rows for k in r}
         columns = [c for c in CSV_FIRST if c in keys or not rows] + sorted(keys - set(CSV_FIRST))
-        with open(self.out_dir / "metrics.csv", "w", newline="") as fh:
+        with atomic_write(self.out_dir / "metrics.csv", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)

@@ -14,14 +14,24 @@
   folder) and how the run records it (``<run>/<epoch>``).
 - :func:`reconcile_best`: best.pt is written right after last.pt, so a kill between the two can leave
   best.pt behind the best epoch last.pt records; on resume (and at the end of a run) it is rewritten
-  from last.pt, which then holds exactly that state.
+  from last.pt, which then holds exactly that state (only when it is finite).
+- :func:`load_resume`: the checkpoint a run continues from, refused when it holds NaN/inf (naming the last
+  finite one) or when the folder has no room for the next checkpoints.
+
+Hostile folders: the lock file is opened without following links (a planted ``.lock`` link or hard link is
+refused in one line) and every other run file is replaced by rename (:mod:`fr_fast.utils.files`), so a
+link planted in a run folder never makes a run write outside it. A start that fails before its first
+checkpoint removes the folder it created.
 
 Errors are :class:`RunFolderError` (a ValueError) with a one-line message that names the fix.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -33,7 +43,14 @@ try:
 except ImportError:  # Windows: no advisory locks; runs are then unprotected against each other
     fcntl = None  # type: ignore[assignment]
 
-from fr_fast.runs.checkpoint import load_checkpoint, remove_stale_temps, save_checkpoint
+from fr_fast.runs.checkpoint import (
+    NonFiniteCheckpoint,
+    load_checkpoint,
+    nonfinite_entries,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from fr_fast.utils.files import check_free_space, disk_full, is_disk_full
 from fr_fast.utils.paths import local_path
 
 RUNS_ROOT = "runs"
@@ -111,8 +128,8 @@ def ensure_writable_file(path: str | os.PathLike, what: str = "output file") -> 
 
 
 def existing_run_files(out_dir: str | os.PathLike) -> list[str]:
-    """Which of the :data:`RUN_FILES` exist in ``out_dir``."""
-    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    """Which of the :data:`RUN_FILES` exist in ``out_dir`` (a dangling link counts: it is not ours to ignore)."""
+    return [name for name in RUN_FILES if os.path.lexists(Path(out_dir) / name)]
 
 
 def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
@@ -125,7 +142,7 @@ def claim_run_folder(out_dir: str | os.PathLike, *, resume: bool, overwrite: boo
         return
     if not overwrite:
         raise RunFolderError(f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
-                             "it, --overwrite to replace it, or choose another --out_dir")
+                             "it, --overwrite to replace it, or choose another --out-dir")
     for name in found:
         (Path(out_dir) / name).unlink()
 
@@ -143,7 +160,7 @@ def resume_source(resume: str | None, out_dir: str | os.PathLike) -> Path | None
     if resume == "auto":
         return None
     raise FileNotFoundError(f"--resume: {path} does not exist (nothing to resume in {out_dir}); pass the run's "
-                            "--out_dir, or --resume=auto to start afresh when there is nothing to resume")
+                            "--out-dir, or --resume=auto to start afresh when there is nothing to resume")
 
 
 @contextlib.contextmanager
@@ -152,17 +169,78 @@ def hold_run_folder(out_dir: str | os.PathLike, *, resuming: bool, overwrite: bo
     """For the life of a run (``with``): ``out_dir`` is writable, locked by this process, holds no other run's
     files (unless ``resuming``, or ``overwrite`` which deletes them) and no temporaries of killed saves.
 
-    ``enabled`` False (the non-writing ranks of a DDP run) makes it a no-op.
+    When the run fails before writing its first checkpoint, the folder is removed again if this call
+    created it (a failed start leaves nothing behind). ``enabled`` False (the non-writing ranks of a DDP
+    run) makes it a no-op.
     """
     if not enabled:
         yield
         return
+    created = _missing_folders(Path(out_dir))
     ensure_writable_dir(out_dir, "out_dir")
-    with RunLock(out_dir):
-        claim_run_folder(out_dir, resume=resuming, overwrite=overwrite)
-        for p in remove_stale_temps(out_dir):
-            print(f"removed {p}, left by an interrupted save", file=sys.stderr, flush=True)
-        yield
+    try:
+        with RunLock(out_dir) as lock:
+            claim_run_folder(out_dir, resume=resuming, overwrite=overwrite)
+            for p in remove_stale_temps(out_dir):
+                print(f"removed {p}, left by an interrupted save", file=sys.stderr, flush=True)
+            try:
+                yield
+            except BaseException:
+                if created and not any(os.path.lexists(Path(out_dir) / n) for n in ("last.pt", "best.pt")):
+                    lock.path.unlink(missing_ok=True)  # while held: a newcomer then makes its own lock file
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                raise
+    finally:
+        for folder in created:  # parents this call created, innermost first; rmdir keeps any in use
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def load_resume(path: str | os.PathLike, out_dir: str | os.PathLike,
+                map_location: str | Any = "cpu") -> dict[str, Any]:
+    """Load the checkpoint a run resumes from, refusing what would be lost work later.
+
+    Raises :class:`NonFiniteCheckpoint` (naming the newest finite checkpoint beside it, if any) when it holds
+    NaN/inf, and :class:`fr_fast.utils.files.DiskFullError` when ``out_dir`` cannot hold two more of it (the
+    next last.pt and best.pt), before any training.
+    """
+    saved = load_checkpoint(path, map_location=map_location)
+    bad = nonfinite_entries(saved)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteCheckpoint(f"{path} holds non-finite values ({bad[0]}{more}) and cannot be resumed; "
+                                  + _finite_hint(Path(path), Path(out_dir)))
+    size = Path(path).stat().st_size
+    check_free_space(out_dir, 2 * size + 2**20, f"resuming from {path} (checkpoints of {size / 2**20:.1f} MiB)")
+    return saved
+
+
+def _finite_hint(bad: Path, out_dir: Path) -> str:
+    """Where to resume from instead: the finite checkpoint with the most epochs beside ``bad`` or in ``out_dir``."""
+    best: tuple[int, Path] | None = None
+    for candidate in dict.fromkeys(p for folder in (bad.parent, out_dir) for p in (folder / "last.pt",
+                                                                                    folder / "best.pt")):
+        if not candidate.is_file() or candidate.resolve() == bad.resolve():
+            continue
+        try:
+            state = load_checkpoint(candidate)
+        except ValueError:
+            continue
+        if not nonfinite_entries(state) and (best is None or state.get("epoch", 0) > best[0]):
+            best = (int(state.get("epoch", 0)), candidate)
+    if best is None:
+        return "no finite checkpoint is left beside it: start afresh with --overwrite"
+    return (f"the last finite checkpoint is {best[1]} (epoch {best[0]}): resume from it with "
+            f"--resume={best[1]}")
 
 
 def reconcile_best(out_dir: str | os.PathLike, last: dict[str, Any]) -> str | None:
@@ -176,11 +254,15 @@ def reconcile_best(out_dir: str | os.PathLike, last: dict[str, Any]) -> str | No
         return None
     path = Path(out_dir) / "best.pt"
     try:
-        held = load_checkpoint(path).get("epoch") if path.exists() else None
+        held_state = load_checkpoint(path) if path.is_file() else None
+        held = held_state.get("epoch") if held_state is not None and not nonfinite_entries(held_state) else None
     except ValueError:  # damaged
         held = None
     if held == best_epoch:
         return None
+    if last.get("epoch") == best_epoch and nonfinite_entries(last):  # never promote NaN/inf to best.pt
+        return (f"warning: best.pt holds epoch {held} but the run's best is epoch {best_epoch}, and last.pt holds "
+                "non-finite values; best.pt is left as it is")
     if last.get("epoch") == best_epoch:
         save_checkpoint(last, path)
         return f"best.pt repaired: it held epoch {held}, the run's best is epoch {best_epoch} (rewritten from last.pt)"
@@ -200,21 +282,57 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        """Take the lock or raise :class:`RunFolderBusy` naming the holder's pid."""
+        """Take the lock or raise :class:`RunFolderBusy` naming the holder's pid.
+
+        RunFolderError when ``.lock`` is a link (symbolic or hard) or not a plain file: writing the pid through
+        it would change a file outside the run folder.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RunFolderBusy(f"run folder {self.path.parent} is in use by process {holder} (lock file "
-                                    f"{self.path}); wait for it to finish or choose another --out_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        for _ in range(10):  # a holder removing its folder after a failed start unlinks the lock file: retry
+            fd = self._open()
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise RunFolderBusy(f"run folder {self.path.parent} is in use by process {holder} (lock file "
+                                        f"{self.path}); wait for it to finish or choose another --out-dir") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    break
+            os.close(fd)
+        else:
+            raise RunFolderBusy(f"run folder {self.path.parent} keeps changing its lock file; choose another --out-dir")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            if is_disk_full(exc):
+                raise disk_full(self.path, exc) from None
+            raise
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        """The lock file's descriptor, refusing links and anything but a plain file."""
+        refused = RunFolderError(f"lock file {self.path} is a link or not a plain file: refused (a run writes only "
+                                 "inside its folder); remove it, or choose another --out-dir")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) |
+                         getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR):
+                raise refused from None
+            if is_disk_full(exc):
+                raise disk_full(self.path, exc) from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise refused
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:

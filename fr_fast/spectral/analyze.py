@@ -38,6 +38,7 @@ from fr_fast.runs.runfolder import ensure_writable_dir
 from fr_fast.spectral import analyses as sp
 from fr_fast.spectral import plots
 from fr_fast.spectral.fourier import HPF_DEFINITIONS
+from fr_fast.utils.files import write_text
 from fr_fast.utils.progress import Progress
 
 ANALYSES = ("lpf", "spectrum", "bands", "heatmap", "panel")
@@ -257,5 +258,5 @@ def _write_summary(path: Path, meta: dict, low: dict, high: dict, bands: dict) -
             lines += _md_table(["series", *map(str, bws)],
                                [[key, *(fmt(r[key][k]) for k in bws)] for key in ("lpf_input", "lpf_delta", "hpf_delta")])
             lines.append("")
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fr_fast._optional import require
 from fr_fast.spectral.fourier import centered_spectrum, high_pass, low_pass
+from fr_fast.utils.files import atomic_write, save_figure
 
 
 def _plt():
@@ -46,7 +47,7 @@ def _jsonable(obj):
 def save_json(obj, path: str | os.PathLike) -> str:
     """Write ``obj`` (dicts/lists/tensors/numbers) as JSON; returns the path."""
     path = _ensure_parent(path)
-    with open(path, "w") as f:
+    with atomic_write(path) as f:  # whole or not at all, also on a full disk
         json.dump(_jsonable(obj), f, indent=1)
     return path
 
@@ -56,7 +57,7 @@ def save_accuracy_csv(results: Mapping[str, Mapping[int, float]], path: str | os
     columns ``series, bw4_acc_pct, bw8_acc_pct, ...``."""
     path = _ensure_parent(path)
     bws = sorted({int(k) for r in results.values() for k in r})
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["series", *(f"bw{b}_acc_pct" for b in bws)])
         for name, r in results.items():
@@ -76,8 +77,10 @@ def _save_figure(plt, fig, path: str, title: str | None = None) -> None:
         fig.suptitle(title, fontsize=10)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _integer_ticks(ax, values) -> None:

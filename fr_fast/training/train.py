@@ -39,8 +39,16 @@ from fr_fast.robustness.attacks import pgd
 from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
 from fr_fast.runs.metrics_log import MetricsLog
-from fr_fast.runs.runfolder import (branch_label, branch_source, check_dir_creatable, hold_run_folder, reconcile_best,
-                                     resume_source, run_dir)
+from fr_fast.runs.runfolder import (
+    branch_label,
+    branch_source,
+    check_dir_creatable,
+    hold_run_folder,
+    load_resume,
+    reconcile_best,
+    resume_source,
+    run_dir,
+)
 from fr_fast.spectral.fourier import low_pass
 from fr_fast.training import sync_free
 from fr_fast.training.branch import check_branch, start_branch
@@ -405,7 +413,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
             print(runinfo.banner("train", environment), flush=True)
             if cfg.cuda_graph:
                 print(sync_free.describe(rt.device), flush=True)
-        saved = load_checkpoint(resume_from, map_location=rt.device) if resume_from is not None else None
+        saved = load_resume(resume_from, out_dir, map_location=rt.device) if resume_from is not None else None
         if branched is not None:
             saved, branched = branched, None
         changes = check_resume(saved["config"], cfg, resume_override) if resume_from is not None else {}
