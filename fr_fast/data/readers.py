@@ -221,10 +221,34 @@ def _load_svhn(data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]
         raise ValueError(f"{path}: not an SVHN .mat file ({type(exc).__name__}: {exc}); download it again") from None
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
         raise ValueError(f"{path}: X has shape {x.shape} and y {len(y)} labels, expected (32, 32, 3, N) and N")
-    x, y = x.astype(np.uint8), y.astype(np.int64)
+    x, y = _svhn_pixels(path, x), _whole_numbers(path, "y", y)
     y[y == 10] = 0  # SVHN labels the digit 0 as class 10
     _check_labels(path, y, 10)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y)
+
+
+def _svhn_pixels(path: Path, x: np.ndarray) -> np.ndarray:
+    """``X`` as uint8: uint8 as is, other numbers only when finite whole values in [0, 255] (a cast would
+    silently wrap 300 to 44 and turn NaN into 0)."""
+    if x.dtype == np.uint8:
+        return x
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"{path}: X is {x.dtype}, expected uint8 pixels; download the file again")
+    if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 255 and (x == np.round(x)).all()):
+        raise ValueError(f"{path}: X holds values outside the whole numbers 0..255 (NaN, inf, fractions or out of "
+                         "range), expected uint8 pixels; download the file again")
+    return x.astype(np.uint8)
+
+
+def _whole_numbers(path: Path, name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as int64 when they are finite whole numbers; ValueError naming the file otherwise."""
+    if np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64)
+    if not np.issubdtype(values.dtype, np.floating) or (values.size and not (
+            np.isfinite(values).all() and (values == np.round(values)).all() and np.abs(values).max() < 2**31)):
+        raise ValueError(f"{path}: {name} holds {values.dtype} values that are not whole numbers; download the "
+                         "file again")
+    return values.astype(np.int64)
 
 
 def tinyimagenet_files(data_dir: Path, train: bool) -> tuple[list[str], list[int]]:

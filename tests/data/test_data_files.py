@@ -120,6 +120,29 @@ def test_svhn_sizes_are_checked(tmp_path):
         load_dataset("svhn", "train", tmp_path)
 
 
+@pytest.mark.parametrize("value, dtype", [(np.nan, np.float64), (np.inf, np.float32), (300, np.float64),
+                                          (-5, np.int16), (300, np.int32), (0.5, np.float64)])
+def test_svhn_pixels_must_be_bytes(tmp_path, value, dtype):
+    """A cast would make NaN 0, 300 44 and -5 251 (issue 26, D2): such a file is refused, naming it."""
+    savemat = pytest.importorskip("scipy.io").savemat
+    x = np.zeros((32, 32, 3, 2), dtype)
+    x[0, 0, 0, 1] = value
+    savemat(tmp_path / "train_32x32.mat", {"X": x, "y": np.ones((2, 1))})
+    with pytest.raises(ValueError, match=r"train_32x32.mat: X holds values outside the whole numbers 0..255"):
+        load_dataset("svhn", "train", tmp_path, val_fraction=0.5)
+
+
+def test_svhn_whole_float_pixels_and_labels_load(tmp_path):
+    savemat = pytest.importorskip("scipy.io").savemat
+    x = np.full((32, 32, 3, 2), 255.0)
+    savemat(tmp_path / "test_32x32.mat", {"X": x, "y": np.array([[10.0], [3.0]])})
+    ds = load_dataset("svhn", "test", tmp_path)
+    assert float(ds[0][0].max()) == 1.0 and sorted(int(ds[i][1]) for i in range(2)) == [0, 3]
+    savemat(tmp_path / "test_32x32.mat", {"X": x.astype(np.uint8), "y": np.array([[np.nan], [3.0]])})
+    with pytest.raises(ValueError, match=r"test_32x32.mat: y holds float64 values that are not whole numbers"):
+        load_dataset("svhn", "test", tmp_path)
+
+
 def test_good_files_still_load(tmp_path):
     rows = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
     _cifar10(tmp_path, data=rows, labels=[7, 0, 9])

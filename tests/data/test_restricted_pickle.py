@@ -90,3 +90,41 @@ def test_truncated_pickle_names_the_file(tmp_path):
     path.write_bytes(pickle.dumps({"data": np.zeros(100, np.uint8)}, protocol=2)[:40])
     with pytest.raises(ValueError, match=r"data_batch_2: corrupt or truncated pickle"):
         load_restricted(path)
+
+
+class _Reduce:
+    """Pickles as ``func(*args)``: the hand-made array constructions a hostile file can hold."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("payload, message", [
+    (_Reduce(np.ndarray, (2**40,), np.dtype("u1")), r"an array of 1099511627776 elements .* cannot come from a"),
+    (_Reduce(np.ndarray, (100000, 3072), np.dtype("u1"), b"\0", 0, (0, 0)), r"an array of 307200000 elements .*cannot come from a"),
+    (_Reduce(np.ndarray, (1, 3072), np.dtype("u1"), b"\0" * 3072, 0, (0, 0)), r"array strides \(0, 0\) are not allowed"),
+    (_Reduce(np.dtype, ("u1", (2**30,))), r"a dtype of 1073741824 bytes cannot come from a"),
+])
+def test_arrays_are_bounded_by_the_file(tmp_path, payload, message):
+    """Issue 26, H1: a small file forced a 1 TiB allocation, or passed as 100,000 black images (zero strides)."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": payload, "labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_1: refused to load: " + message):
+        load_restricted(path)
+
+
+def test_memory_error_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import fr_fast.data.restricted_pickle as rp
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 4), np.uint8)}, protocol=2))
+
+    def exhausted(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(rp._RestrictedUnpickler, "load", exhausted)
+    with pytest.raises(ValueError, match=r"data_batch_1: the pickle asks for more memory than this machine has"):
+        load_restricted(path)

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from fr_fast.cli import main as cli
 from fr_fast.config.train_config import load_config
 from fr_fast.runs.checkpoint import save_checkpoint
