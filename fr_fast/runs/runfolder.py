@@ -179,21 +179,31 @@ def hold_run_folder(out_dir: str | os.PathLike, *, resuming: bool, overwrite: bo
     created = _missing_folders(Path(out_dir))
     ensure_writable_dir(out_dir, "out_dir")
     try:
-        with RunLock(out_dir) as lock:
+        with RunLock(out_dir):
             claim_run_folder(out_dir, resume=resuming, overwrite=overwrite)
             for p in remove_stale_temps(out_dir):
                 print(f"removed {p}, left by an interrupted save", file=sys.stderr, flush=True)
             try:
                 yield
             except BaseException:
-                if created and not any(os.path.lexists(Path(out_dir) / n) for n in ("last.pt", "best.pt")):
-                    lock.path.unlink(missing_ok=True)  # while held: a newcomer then makes its own lock file
-                    shutil.rmtree(out_dir, ignore_errors=True)
+                _remove_failed_start(Path(out_dir), created)  # while the lock is held
                 raise
+    except RunFolderBusy:  # the folder is another run's
+        raise
+    except BaseException:  # e.g. no room for the lock's pid
+        _remove_failed_start(Path(out_dir), created)
+        raise
     finally:
         for folder in created:  # parents this call created, innermost first; rmdir keeps any in use
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _remove_failed_start(out_dir: Path, created: list[Path]) -> None:
+    """Remove ``out_dir`` when this run created it and wrote no checkpoint into it."""
+    if created and out_dir.is_dir() and not any(os.path.lexists(out_dir / n) for n in ("last.pt", "best.pt")):
+        (out_dir / LOCK_NAME).unlink(missing_ok=True)  # first: a newcomer then makes its own lock file
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _missing_folders(path: Path) -> list[Path]:
