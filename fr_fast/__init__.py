@@ -9,9 +9,21 @@ analyses), ``training`` (step and loop); ``cli`` is the command line on top.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from fr_fast._version import __version__
-from fr_fast.ops import FRLoss, backend, fr_loss, pgd_step_, random_start_
+
+try:
+    from fr_fast.ops import FRLoss, backend, fr_loss, pgd_step_, random_start_
+except KeyboardInterrupt:  # Ctrl-C while torch loads: the command line ends in one line, a library user gets it
+    if os.path.basename(sys.argv[0]) in ("fr-fast", "fr-fast.exe") or sys.argv[:1] == ["-m"]:  # -m: locating
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
+        print("fr-fast: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 # attribute -> (module, attribute in it; None for the module itself)
 _LAZY = {

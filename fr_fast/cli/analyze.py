@@ -12,7 +12,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     p = make_parser("fr-fast analyze", "The paper's Fourier-domain analyses and figures for one or more "
                     f"checkpoints: {', '.join(ANALYSES)}.")
     p.add_argument("checkpoints", nargs="+", help="checkpoint files written by fr-fast train")
-    return p, add_dataclass_options(p, AnalyzeOptions, "analysis options", dashes=True)
+    return p, add_dataclass_options(p, AnalyzeOptions, "analysis options")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 """Command-line options generated from a dataclass, and the one-line error contract of every command.
 
 Each field of an options dataclass (:class:`fr_fast.config.train_config.TrainConfig`, ``EvalOptions``, ...) becomes
-``--name VALUE`` / ``--name=VALUE`` (``--name-with-dashes`` works too); a bool field becomes
-``--name`` / ``--no-name`` (``--name=false`` also works); a list field takes one or more values
-(``--lr_milestones 10 20`` or ``--lr_milestones=[10,20]``). The help line of a field is the ``help``
+``--name-with-dashes VALUE`` / ``--name-with-dashes=VALUE`` / ``name_with_dashes=VALUE`` (every command spells
+options with dashes; the underscore spelling ``--name_with_dashes`` is accepted as an alias); a bool field
+becomes ``--name`` / ``--no-name`` (``--name=false`` also works); a list field takes one or more values
+(``--lr-milestones 10 20`` or ``--lr-milestones=[10,20]``). Precedence is one rule: when a field is given
+more than once, in any of these forms, the last one on the command line wins (and command-line values
+override the preset's). The help line of a field is the ``help``
 entry of its metadata (see :func:`fr_fast.config.fields.knob`), followed by its type and default, so a
 field's description is written once, next to the field. Values are parsed and type-checked by
 :mod:`fr_fast.config.train_config` (YAML scalars, ``8/255`` fractions, ``null``).
@@ -17,6 +20,7 @@ import argparse
 import dataclasses
 import os
 import re
+import signal
 import sys
 import typing
 from typing import Any, Callable, Union
@@ -53,6 +57,16 @@ def make_parser(prog: str, description: str, usage: str | None = None) -> Parser
                     allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
     return parser
+
+
+def add_option(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
+    """A hand-made option spelled ``--name-with-dashes``, with ``--name_with_dashes`` as a hidden alias."""
+    parser.add_argument(f"--{name}", **kwargs)
+    if "_" in name or "-" in name:
+        hidden = {**kwargs, "help": argparse.SUPPRESS}
+        hidden.pop("metavar", None)
+        parser.add_argument(f"--{name.replace('-', '_')}", **hidden,
+                            dest=kwargs.get("dest", name.replace("-", "_").lstrip("_")))
 
 
 def type_name(tp: Any) -> str:
@@ -110,11 +124,11 @@ class _BoolAction(argparse.Action):
         setattr(namespace, self.dest, "false" if option_string.startswith("--no-") else "true")
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, *, dashes: bool = False,
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, *,
                           skip: tuple[str, ...] = ()) -> list[str]:
     """Add one option per field of dataclass ``cls`` under a help section ``title``; returns their names.
 
-    ``dashes``: show ``--n-examples`` rather than ``--n_examples`` in the help (both spellings work).
+    The help shows ``--n-examples``; ``--n_examples`` works too (a hidden alias).
     """
     helps = field_help(cls)
     hints = typing.get_type_hints(cls)
@@ -124,8 +138,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
         if f.name in skip:
             continue
         tp, dest = hints[f.name], f"_field_{f.name}"
-        spellings = [f.name.replace("_", "-"), f.name] if dashes else [f.name, f.name.replace("_", "-")]
-        spellings = list(dict.fromkeys(spellings))
+        spellings = list(dict.fromkeys([f.name.replace("_", "-"), f.name]))
         text = f"{helps[f.name]} [{type_name(tp)}, default: {_show(_default(f))}]".replace("%", "%%")
         if tp is bool:
             for i, spelling in enumerate(spellings):  # the first spelling shown, the other hidden
@@ -144,6 +157,30 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
                 group.add_argument(f"--{hidden}", help=argparse.SUPPRESS, **kwargs)
         names.append(f.name)
     return names
+
+
+def _takes_value(parser: argparse.ArgumentParser, token: str) -> bool:
+    """Whether option ``token`` (``--name``, no ``=VALUE``) must consume the next argument as its value."""
+    action = parser._option_string_actions.get(token)  # argparse has no public lookup
+    return action is not None and action.nargs is None
+
+
+def _fields_as_options(parser: argparse.ArgumentParser, argv: list[str], cls: type) -> list[str]:
+    """Rewrite each ``field=value`` argument into ``--field=value``, so all spellings share one precedence
+    rule (the last one wins) and an option with an optional or list value (a bare ``--resume``,
+    ``--lr-milestones 10 20``) never swallows it. The value of an option that needs one is left alone."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
+        key, sep, _ = token.partition("=")
+        previous = out[-1] if out else ""
+        if (sep and not token.startswith("-") and key.replace("-", "_") in fields
+                and not (previous.startswith("-") and "=" not in previous and _takes_value(parser, previous))):
+            token = f"--{token}"
+        out.append(token)
+    return out
 
 
 def _expand_bool_values(argv: list[str], cls: type) -> list[str]:
@@ -186,7 +223,8 @@ def parse_args(parser: argparse.ArgumentParser, cls: type, names: list[str], arg
     """Parse ``argv`` (options and positionals in any order): (the namespace of the hand-made arguments,
     the field options given, as ``--name=value`` strings)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = parser.parse_known_intermixed_args(_expand_bool_values(argv, cls))
+    argv = _expand_bool_values(_fields_as_options(parser, argv, cls), cls)
+    args, unknown = parser.parse_known_intermixed_args(argv)
     options = [u for u in unknown if u.startswith("-")]
     if options:  # an unknown field: config's error names it and suggests close matches
         parse_overrides(options[:1], cls)
@@ -213,9 +251,19 @@ def debug_requested(argv: list[str] | None) -> bool:
 
 def run_guarded(prog: str, argv: list[str] | None, body: Callable[[], int | None]) -> int:
     """Run a command's ``body``; a user error becomes one line on stderr and exit status 2 (unless --debug);
-    an exception with an ``exit_code`` (TrainingDiverged, DiskFullError, Interrupted) one line and that status."""
+    an exception with an ``exit_code`` (TrainingDiverged, DiskFullError, Interrupted) one line and that status,
+    another OSError (an I/O failure) one line and 1, Ctrl-C one line and 130."""
     try:
         return int(body() or 0)
+    except BrokenPipeError:  # `fr-fast presets | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:  # outside a training loop (which stops after its step with Interrupted)
+        if debug_requested(argv):
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the goodbye
+        print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except USER_ERRORS as exc:
         if debug_requested(argv):
             raise
@@ -226,8 +274,13 @@ def run_guarded(prog: str, argv: list[str] | None, body: Callable[[], int | None
             raise
         print(f"{prog}: error: invalid YAML: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except OverflowError as exc:  # e.g. an int field too large for torch; ours name the field
+        if debug_requested(argv):
+            raise
+        print(f"{prog}: error: a number is too large: {error_text(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:  # outcomes that carry their own exit status: divergence (1), full disk (1), a signal (130/143)
-        code = getattr(exc, "exit_code", None)
+        code = getattr(exc, "exit_code", 1 if isinstance(exc, OSError) else None)  # OSError: disk, I/O: a run failure
         if code is None or debug_requested(argv):
             raise
         print(f"{prog}: {'' if isinstance(exc, Interrupted) else 'error: '}{error_text(exc)}", file=sys.stderr)

@@ -4,7 +4,7 @@ Trains the small CNN with PGD-AT + FR (lam 0.1) on the 5000 MNIST images embedde
 (3600 train / 400 validation / 1000 test) with the preset ``configs/mnist_cnn_at_fr.yaml``
 (eps 0.3, PGD-5 with alpha = eps/4 in training, FR from the first lr decay as in the paper), then
 reports clean and PGD-20 accuracy (alpha = eps/4, random start) of the best-validation checkpoint on
-the 1000 test images. Any config field overrides the preset (e.g. ``--epochs 4 --lr_milestones 3``,
+the 1000 test images. Any config field overrides the preset (e.g. ``--epochs 4 --lr-milestones 3``,
 ``--no-progress``).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from fr_fast.cli.args import add_dataclass_options, make_parser, parse_args, run_guarded
+from fr_fast.cli.args import add_dataclass_options, add_option, make_parser, parse_args, run_guarded
 from fr_fast.config.train_config import TrainConfig, load_config
 from fr_fast.data import load_dataset
 from fr_fast.robustness.evaluate import evaluate
@@ -22,12 +22,20 @@ from fr_fast.training.train import train
 PRESET = "mnist_cnn_at_fr"
 
 
+def _count(text: str) -> int:
+    """A count >= 1 in ASCII digits (``int`` would also read "٣")."""
+    if not (text.isascii() and text.strip().isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("fr-fast demo", __doc__.splitlines()[0].split(": ", 1)[-1],
                          usage="fr-fast demo [--FIELD VALUE ...] [--out-dir DIR] [--test-examples N] [--debug]")
-    parser.add_argument("--out-dir", "--out_dir", default=None,
-                        help=f"where checkpoints and metrics go (default: a new runs/{PRESET}/<UTC time>)")
-    parser.add_argument("--test-examples", type=int, default=None, help="evaluate on the first N test images")
+    add_option(parser, "out-dir", default=None, metavar="DIR",
+               help=f"where checkpoints and metrics go (default: a new runs/{PRESET}/<UTC time>)")
+    add_option(parser, "test-examples", type=_count, default=None, metavar="N",
+               help="evaluate on the first N test images")
     names = add_dataclass_options(parser, TrainConfig, "config fields (override the preset)", skip=("out_dir",))
     return run_guarded("fr-fast demo", argv, lambda: _run(*parse_args(parser, TrainConfig, names, argv)))
 

@@ -9,7 +9,7 @@ from typing import Union
 import torch
 
 from fr_fast.cli.args import add_dataclass_options, make_parser, parse_options, run_guarded
-from fr_fast.config.fields import knob
+from fr_fast.config.fields import check_ranges, knob
 from fr_fast.config.paper import comparison_table, parse_row_label, published_for_eval, table1_bandwidths
 from fr_fast.data import load_dataset
 from fr_fast.robustness import attacks as atk
@@ -19,6 +19,7 @@ from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import WEIGHTS, checkpoint_data_dir, load_model
 from fr_fast.runs.runfolder import ensure_writable_file
 from fr_fast.spectral.analyses import filtered_accuracy
+from fr_fast.utils.checks import check_choice, check_device
 from fr_fast.utils.files import write_text
 
 
@@ -51,9 +52,19 @@ class EvalOptions:
     out: Union[str, None] = knob(None, "write the report as JSON here")
     robustbench_json: Union[str, None] = knob(None, "also write the result as a RobustBench model entry here "
                                               "(needs clean and aa among the attacks)")
-    robustbench_name: Union[str, None] = knob(None, "model name of the RobustBench entry (null: the run "
-                                              "folder's name)")
+    robustbench_name: Union[str, None] = knob(None, "model name of the RobustBench entry (null: the run's "
+                                              "--name, else its folder's name)")
     progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self, EVAL_RANGES)
+        check_choice("aa-version", self.aa_version, atk.AA_VERSIONS)
+        check_choice("weights", self.weights, WEIGHTS)
+
+
+# Valid values of the numeric options (as TrainConfig's RANGES; None, where allowed, always passes).
+EVAL_RANGES = {"n_examples": "[1, inf)", "batch_size": "[1, inf)", "eps": "[0, 1]", "alpha": "(0, 1]",
+               "aa_steps": "[1, inf)", "restarts": "[1, inf)", "threads": "[1, 4096]", "seed": "[0, 4294967295]"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser("fr-fast eval", "Robustness report of a checkpoint on its data set's test split: "
                          "clean, PGD, CW-inf and AutoAttack accuracy (%) with sanity checks.")
     parser.add_argument("checkpoint", help="checkpoint written by fr-fast train (e.g. runs/x/best.pt)")
-    names = add_dataclass_options(parser, EvalOptions, "evaluation options", dashes=True)
+    names = add_dataclass_options(parser, EvalOptions, "evaluation options")
     return run_guarded("fr-fast eval", argv, lambda: _run(*parse_options(parser, EvalOptions, names, argv)))
 
 
@@ -73,9 +84,9 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
         ensure_writable_file(opts.robustbench_json, "--robustbench-json file")
         if not {"clean", "aa"} <= set(attacks):
             raise ValueError("--robustbench-json needs the clean and aa attacks (e.g. --attacks clean,pgd20,aa)")
+    device = check_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     environment = runinfo.describe(device)  # attacks run in float32, contiguous, eager
     print(runinfo.banner("eval", environment), flush=True)
     model, cfg = load_model(args.checkpoint, device=device, weights=opts.weights)
@@ -87,7 +98,8 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
                       aa_steps=opts.aa_steps, aa_implementation=opts.aa_implementation,
                       restarts=opts.restarts, eps_curve=opts.eps_curve,
                       device=device, seed=opts.seed, progress=opts.progress, cw_kappa=opts.cw_kappa)
-    report.update(checkpoint=str(args.checkpoint), dataset=cfg["dataset"], model=cfg.get("model"),
+    report.update(checkpoint=str(args.checkpoint), name=cfg.get("name"), dataset=cfg["dataset"],
+                  model=cfg.get("model"),
                   runtime=environment, weights=cfg["weights"])
     row_id, modified = parse_row_label(cfg["paper_row"]) if cfg.get("paper_row") else (None, False)
     bands = opts.lpf if opts.lpf is not None else (table1_bandwidths(row_id) if row_id else [])
@@ -107,7 +119,8 @@ def _run(args: argparse.Namespace, opts: EvalOptions) -> int:
         write_text(opts.out, json.dumps(report, indent=2))
         print(f"wrote {opts.out}")
     if opts.robustbench_json:
-        entry = robustbench_entry(report, name=opts.robustbench_name or default_name(args.checkpoint),
+        name = opts.robustbench_name or cfg.get("name") or default_name(args.checkpoint)
+        entry = robustbench_entry(report, name=name,
                                   model=cfg.get("model"), model_kwargs=cfg.get("model_kwargs"))
         write_text(opts.robustbench_json, json.dumps(entry, indent=2))
         print(f"wrote {opts.robustbench_json}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -15,6 +16,48 @@ from dataclasses import field
 from typing import Any, Union
 
 import yaml
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping naming one key twice (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def load_yaml(stream: Any) -> Any:
+    """``yaml.safe_load`` refusing duplicate keys (``yaml.YAMLError``)."""
+    return yaml.load(stream, Loader=_UniqueKeyLoader)
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in an interval written like "(0, 1]" (finite values only)."""
+    low, high = (float(b) for b in interval[1:-1].split(","))
+    if not math.isfinite(value):
+        return False
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(obj: Any, ranges: dict[str, str]) -> None:
+    """ValueError naming the first field of ``obj`` outside its interval in ``ranges`` (None is always valid;
+    list fields: every item)."""
+    for name, interval in ranges.items():
+        value = getattr(obj, name)
+        for item in (value if isinstance(value, list) else [value]):
+            if item is not None and not in_interval(item, interval):
+                raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
 def knob(default: Any, help: str, *, bare: Any = None) -> Any:
@@ -33,11 +76,15 @@ _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
 
 
 def parse_number(text: str) -> float:
-    """``"0.3"``, ``"5e-4"`` or a fraction such as ``"8/255"`` -> float; ValueError otherwise."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    """``"0.3"``, ``"5e-4"`` or a fraction such as ``"8/255"`` -> float; ValueError otherwise.
+
+    Only ASCII digits make numbers (Python's ``float`` would also read "٣" or "1_0").
+    """
+    if text.isascii() and "_" not in text:  # float() also reads "٣" and "1_0"
+        try:
+            return float(text)
+        except ValueError:
+            pass
     match = _FRACTION.match(text)
     if match:
         try:
@@ -135,9 +182,11 @@ def parse_overrides(overrides: list[str], cls: type) -> dict[str, Any]:
             if bare is not None:
                 values[key] = bare
                 continue
-            raise ValueError(f"override {item!r} needs a value: --{key}=VALUE")
+            raise ValueError(f"override {item!r} needs a value: --{key.replace('_', '-')}=VALUE")
         try:
-            parsed = yaml.safe_load(raw) if raw.strip() else None
+            parsed = load_yaml(raw) if raw.strip() else None
+        except yaml.constructor.ConstructorError as exc:  # e.g. a key given twice
+            raise ValueError(f"cannot read the value of {key!r} in {item!r}: {exc.problem}") from None
         except yaml.YAMLError:
             raise ValueError(f"cannot parse the value of {key!r} in {item!r} (YAML syntax, e.g. [10, 20])") from None
         # Keep strings that YAML would turn into something else where the field wants a string

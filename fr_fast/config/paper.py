@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fr_fast.config.fields import config_from_dict, parse_overrides
+from fr_fast.config.fields import config_from_dict, load_yaml, parse_overrides
 from fr_fast.config.train_config import CONFIG_DIRS, RUN_CONTROL_FIELDS, TrainConfig, compose, config_to_dict
 from fr_fast.runs.runfolder import run_dir
 
@@ -64,7 +62,7 @@ def _raw(path: str | Path | None) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _parse(path: str, _mtime_ns: int) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    return load_yaml(Path(path).read_text(encoding="utf-8"))
 
 
 def deviations(path: str | Path | None = None) -> list[str]:

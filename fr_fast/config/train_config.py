@@ -5,7 +5,7 @@ A preset is a flat YAML mapping of :class:`TrainConfig` fields; it may name othe
 (resolved relative to the preset's folder; later entries override earlier ones, the preset's own values
 override them all). ``configs/`` holds such profiles (``dataset/``, ``model/``, ``method/``) and
 ``configs/paper.yaml`` composes them into every row of the paper's tables (:mod:`fr_fast.config.paper`).
-Command-line overrides come last: ``--lr=0.05``, ``lam=0.2``, ``--lr_milestones=[10,20]``,
+Command-line overrides come last: ``--lr=0.05``, ``lam=0.2``, ``--lr-milestones=[10,20]``,
 ``--eps=8/255``; a bare ``--flag`` sets a bool field to true, ``--no-flag`` to false. Values are parsed with
 ``yaml.safe_load`` and checked against the field's type: unknown or ill-typed fields raise a
 ``ValueError`` that names them.
@@ -13,14 +13,22 @@ Command-line overrides come last: ``--lr=0.05``, ``lam=0.2``, ``--lr_milestones=
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
-from fr_fast.config.fields import config_from_dict, field_types, knob, parse_overrides, unknown_field
+from fr_fast.config.fields import (
+    check_ranges,
+    config_from_dict,
+    field_types,
+    knob,
+    load_yaml,
+    parse_overrides,
+    unknown_field,
+)
 from fr_fast.runs.runfolder import run_dir
 from fr_fast.utils.checks import check_choice
 
@@ -46,7 +54,12 @@ AWP_SVHN_WARMUP = {"at": 5}
 # them, and a paper row overridden in them keeps its label. paper_row: which published numbers eval shows.
 RUN_CONTROL_FIELDS = frozenset({"out_dir", "resume", "progress", "device", "compile", "compile_mode",
                                 "channels_last", "deterministic", "cpu_threads", "num_workers", "data_dir",
-                                "tensorboard", "cuda_graph", "log_every", "paper_row", "branch_from"})
+                                "tensorboard", "cuda_graph", "log_every", "paper_row", "branch_from",
+                                "name"})
+# build_model's arguments that the trainer derives itself (model_kwargs holds only architecture options).
+MODEL_ARGUMENTS = frozenset({"name", "num_classes", "in_channels", "mean", "std", "low_pass_bandwidth"})
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda|cuda:[0-9]+)$")
+RUN_NAME = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]{0,99}$")
 # Presets: the repository's configs/ (source checkout, editable install) or the copy shipped inside the
 # package as fr_fast/configs (plain `pip install .`).
 CONFIG_DIRS = tuple(d for d in (Path(__file__).resolve().parents[2] / "configs",  # source tree
@@ -167,8 +180,11 @@ class TrainConfig:
     # run
     seed: int = knob(0, "seed of weights, data order, augmentation and attacks (the split: split_seed)")
     deterministic: bool = knob(False, "deterministic algorithms (bit-exact resume on CPU; slower)")
-    out_dir: Union[str, None] = knob(None, "folder for checkpoints and metrics; null = runs/<preset>/<UTC time> "
-                                     "(with --resume: the newest run of the preset that has a last.pt)")
+    name: Union[str, None] = knob(None, "the run's label in fr-fast runs/compare, their plots and the RobustBench "
+                                  "entry; also its folder runs/<preset>/<name> when out_dir is null")
+    out_dir: Union[str, None] = knob(None, "folder for checkpoints and metrics; null = runs/<preset>/<name or UTC "
+                                     "time> (with --resume and no name: the newest run of the preset that has a "
+                                     "last.pt)")
     resume: Union[str, None] = knob(None, "null | last (out_dir/last.pt; also a bare --resume) | a checkpoint "
                                     "path", bare="last")
     branch_from: Union[str, None] = knob(None, "checkpoint to branch a new run from: its weights, optimiser, "
@@ -199,13 +215,18 @@ class TrainConfig:
         check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_choice("select_by", self.select_by, ("auto", "pgd", "clean"))
         check_choice("low_pass_in", self.low_pass_in, LOW_PASS_PLACES)
+        reserved = sorted(set(self.model_kwargs) & MODEL_ARGUMENTS)
+        if reserved:
+            raise ValueError(f"model_kwargs may not set {', '.join(reserved)}: they come from the data set and the "
+                             "fields normalize / low_pass_bandwidth / model")
+        if not DEVICE_NAME.match(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.name is not None and not RUN_NAME.match(self.name):
+            raise ValueError(f"name must be 1-100 characters of A-Z a-z 0-9 . _ + - not starting with a dot or "
+                             f"dash (it names the run's folder), got {self.name!r}")
         if isinstance(self.channels_last, str):
             check_choice("channels_last", self.channels_last, ("auto",))
-        for name, interval in RANGES.items():
-            value = getattr(self, name)
-            for item in (value if isinstance(value, list) else [value]):
-                if item is not None and not _in_interval(item, interval):
-                    raise ValueError(f"{name} must be in {interval}, got {value}")
+        check_ranges(self, RANGES)
         if sorted(self.lr_milestones) != list(self.lr_milestones):
             raise ValueError(f"lr_milestones must be increasing, got {self.lr_milestones}")
         if self.wa_teacher and self.resolved_fr_start() < self.resolved_wa_start():
@@ -225,7 +246,7 @@ class TrainConfig:
         if self.fr != "none" and self.fr_start_epoch is None and self.resolved_fr_start() >= self.epochs:
             raise ValueError(
                 f"fr={self.fr!r} would never switch on: fr_start_epoch defaults to {milestone} but epochs="
-                f"{self.epochs}; set --fr_start_epoch=N (N < {self.epochs}), lower --lr_milestones, or use --fr=none")
+                f"{self.epochs}; set --fr-start-epoch=N (N < {self.epochs}), lower --lr-milestones, or use --fr=none")
         if self.uses_wa and self.wa_start_epoch is None:
             # teacher/both: the average must exist while FR runs; evaluated: it is created at the end of epoch
             # index wa_start - 1, which must be inside the run.
@@ -234,7 +255,7 @@ class TrainConfig:
                 raise ValueError(
                     f"the weight average would never switch on: wa_start_epoch defaults to {milestone}"
                     f"{' + 1' if self.wa_role == 'evaluated' else ''} = {self.resolved_wa_start()} but epochs="
-                    f"{self.epochs}; set --wa_start_epoch=N or lower --lr_milestones")
+                    f"{self.epochs}; set --wa-start-epoch=N or lower --lr-milestones")
 
     def _first_milestone(self) -> int:
         return self.lr_milestones[0] if self.lr_milestones else 0
@@ -300,21 +321,11 @@ RANGES: dict[str, str] = {
     "awp_gamma": "[0, inf)", "awp_proxy_lr": "(0, inf)", "val_fraction": "(0, 1)",
     "epochs": "[1, inf)", "batch_size": "[1, inf)", "attack_steps": "[1, inf)", "val_every": "[1, inf)",
     "eval_pgd_steps": "[1, inf)", "max_train_batches": "[1, inf)", "max_val_batches": "[1, inf)",
-    "bn_recalibrate_batches": "[1, inf)", "cpu_threads": "[1, inf)", "num_workers": "[0, inf)",
+    "bn_recalibrate_batches": "[1, inf)", "cpu_threads": "[1, 4096]", "num_workers": "[0, inf)",
     "fake_data": "[0, inf)", "awp_warmup": "[0, inf)", "fr_start_epoch": "[0, inf)", "wa_start_epoch": "[0, inf)",
     "lr_milestones": "[0, inf)", "pad_to": "[1, inf)", "low_pass_bandwidth": "[1, inf)",
     "log_every": "[1, inf)",
 }
-
-
-def _in_interval(value: float, interval: str) -> bool:
-    """Whether ``value`` lies in an interval written like "(0, 1]" (finite values only)."""
-    low, high = (float(b) for b in interval[1:-1].split(","))
-    if not math.isfinite(value):
-        return False
-    above = value >= low if interval[0] == "[" else value > low
-    below = value <= high if interval[-1] == "]" else value < high
-    return above and below
 
 
 def resolve_preset(path: str | Path) -> Path:
@@ -335,8 +346,14 @@ def load_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         raise ValueError(f"{path} maps the paper's table rows, it is not a preset: use --paper ROW (docs/presets.md)")
     if path in _seen:
         raise ValueError(f"config preset {path} inherits from itself via 'base:'")
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config preset {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config preset {path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None or raw == {}:
+        raise ValueError(f"config preset {path} is empty; give at least one field (or no preset for the defaults)")
     if not isinstance(raw, dict):
         raise ValueError(f"config preset {path} must be a YAML mapping, got {type(raw).__name__}")
     return compose(raw, path.parent, str(path), _seen + (path,))
@@ -383,7 +400,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     values = load_preset(path) if path is not None else {}
     values.update(parse_overrides(list(overrides or []), TrainConfig))
     if values.get("out_dir") is None:
-        values["out_dir"] = run_dir(Path(path).stem if path is not None else "default", values.get("resume"))
+        values["out_dir"] = run_dir(Path(path).stem if path is not None else "default", values.get("resume"),
+                                    label=values.get("name") if isinstance(values.get("name"), str) else None)
     return config_from_dict(values, TrainConfig, where=str(path) if path is not None else "overrides")
 
 

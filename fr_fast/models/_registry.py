@@ -79,6 +79,10 @@ def build_model(
         network = _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     except TypeError as err:  # unknown architecture kwarg: name the model, not the internal class
         raise ValueError(f"bad options {sorted(kwargs)} for model {name!r}: {err}") from err
+    except (ValueError, RuntimeError, OverflowError, MemoryError) as err:  # e.g. width=1e11: no memory for it
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+        raise ValueError(f"cannot build model {name!r} with {shown or 'its defaults'}: "
+                         f"{' '.join(str(err).split()) or type(err).__name__}") from err
     if not has_head(network):
         raise ValueError(f"model {name!r} does not mark its last layer: build its classifier with "
                          "fr_fast.models.ClassifierHead (a Linear that stays float32 under autocast)")

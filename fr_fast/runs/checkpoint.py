@@ -201,7 +201,7 @@ def checkpoint_data_dir(cfg: dict[str, Any], override: str | None, prog: str) ->
     named = cfg.get("data_dir")
     if named is not None:
         print(f"{prog}: reading {cfg.get('dataset')} from data_dir {str(named)!r}, taken from the checkpoint "
-              "(override with --data_dir)", file=sys.stderr, flush=True)
+              "(override with --data-dir)", file=sys.stderr, flush=True)
     return named
 
 

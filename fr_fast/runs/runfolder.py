@@ -77,9 +77,12 @@ def latest_run(name: str, root: str | os.PathLike = RUNS_ROOT) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run_dir(name: str, resume: str | None, root: str | os.PathLike = RUNS_ROOT) -> str:
-    """The out_dir of a run that names none: with ``resume`` = last/true/auto the newest earlier run of ``name``
-    that has a last.pt, else (or when there is none) a new :func:`default_out_dir`."""
+def run_dir(name: str, resume: str | None, root: str | os.PathLike = RUNS_ROOT, label: str | None = None) -> str:
+    """The out_dir of a run that names none: ``<root>/<name>/<label>`` for a labelled run (``--name``); else with
+    ``resume`` = last/true/auto the newest earlier run of ``name`` that has a last.pt, else (or when there is
+    none) a new :func:`default_out_dir`."""
+    if label:
+        return str(Path(root) / name / label)
     latest = latest_run(name, root) if resume in ("last", "true", "auto") else None
     return str(latest) if latest is not None else default_out_dir(name, root)
 

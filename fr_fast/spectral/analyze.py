@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from fr_fast._optional import require
-from fr_fast.config.fields import knob
+from fr_fast.config.fields import check_ranges, knob
 from fr_fast.data import load_dataset
 from fr_fast.robustness import attacks
 from fr_fast.runs import runinfo
@@ -38,6 +38,7 @@ from fr_fast.runs.runfolder import ensure_writable_dir
 from fr_fast.spectral import analyses as sp
 from fr_fast.spectral import plots
 from fr_fast.spectral.fourier import HPF_DEFINITIONS
+from fr_fast.utils.checks import check_device
 from fr_fast.utils.files import write_text
 from fr_fast.utils.progress import Progress
 
@@ -108,6 +109,15 @@ class AnalyzeOptions:
     seed: int = knob(0, "seed of the test-image subset and heat-map signs")
     progress: bool = knob(True, "progress display (bars on a terminal, plain periodic lines otherwise)")
 
+    def __post_init__(self) -> None:
+        check_ranges(self, ANALYZE_RANGES)
+
+
+# Valid values of the numeric options (as TrainConfig's RANGES; None, where allowed, always passes).
+ANALYZE_RANGES = {"n_images": "[1, inf)", "heatmap_images": "[1, inf)", "heatmap_norm": "(0, inf)",
+                  "bandwidths": "[1, inf)", "panel_bandwidth": "[1, inf)", "panel_images": "[1, inf)",
+                  "eps": "[0, 1]", "steps": "[1, inf)", "batch_size": "[1, inf)", "seed": "[0, 4294967295]"}
+
 
 def _load_test(cfg: dict, data_dir: str | None, n: int, seed: int):
     ds = load_dataset(cfg["dataset"], "test", checkpoint_data_dir(cfg, data_dir, "fr-fast analyze"),
@@ -131,16 +141,17 @@ def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
         raise ValueError("--out is required: the folder for the figures and tables")
     if args.hpf not in HPF_DEFINITIONS:
         raise ValueError(f"--hpf must be one of {', '.join(HPF_DEFINITIONS)}, got {args.hpf!r}")
-    out = ensure_writable_dir(args.out, "--out folder")  # before any computation
     require("matplotlib", "fr-fast analyze (its figures)")  # before minutes of analysis, not after
     what = _parse_what(args.what)
+    device = check_device(args.device)
     for path in checkpoints:
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"checkpoint {path!r} is a folder; give a checkpoint file in it, e.g. "
+                                    f"{os.path.join(path, 'best.pt')!r}")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path!r} not found")
-    if args.n_images < 1 or args.heatmap_images < 1 or args.panel_images < 1:
-        raise ValueError("--n-images, --heatmap-images and --panel-images must be >= 1")
     names = _model_names(checkpoints, args.names)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = ensure_writable_dir(args.out, "--out folder")  # before any computation, after the argument checks
     environment = runinfo.describe(device)  # the analyses run in float32, contiguous, eager
     print(runinfo.banner("analyze", environment), flush=True)
     n_eval = max(args.n_images, args.heatmap_images, args.panel_images)

@@ -43,7 +43,7 @@ def check_resume(saved_config: dict[str, Any], cfg: TrainConfig, allow_override:
     if fixed:
         raise ValueError(f"cannot resume with settings that change the training: {shown(fixed)} (checkpoint -> "
                          "now); drop those "
-                         "overrides to continue the checkpoint's run, or start a new run in another --out_dir")
+                         "overrides to continue the checkpoint's run, or start a new run in another --out-dir")
     if changes and not allow_override:
         raise ValueError(f"resuming would change {shown(changes)} (checkpoint -> now); pass --resume-override to "
                          f"apply the new values from here on ({', '.join(OVERRIDABLE_FIELDS)} may change), or drop "

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from fr_fast.config.train_config import TrainConfig
+from fr_fast.utils.checks import check_device
 from fr_fast.utils.seeding import seed_everything
 
 
@@ -22,10 +23,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> the local rank's GPU when CUDA is available, else the CPU; other names as given."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available")
-    return device
+    return check_device(name)
 
 
 def _cpu_has_native_bf16() -> bool:
