@@ -283,7 +283,7 @@ def cw(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, alpha: floa
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, version: str = "standard",
                *, steps: int = 100, n_queries: int = 5000, seed: int = 0, verbose: bool = False,
-               implementation: str = "auto") -> Tensor:
+               implementation: str = "auto", on_stage: Callable[[str], None] | None = None) -> Tensor:
     """AutoAttack (Croce & Hein 2020), L-inf: the official ``autoattack`` package when it is installed, else the
     torchattacks 3.5.1 port of its attacks assembled with the official settings
     (:mod:`fr_fast.robustness.autoattack_impl`; :func:`aa_implementation` says which one runs).
@@ -310,6 +310,8 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, ver
     seed : seed of the attacks' random starts
     verbose : print the attacks' progress
     implementation : "auto" (official when installed) | "official" | "torchattacks"
+    on_stage : called with "APGD-CE (1/4)", "APGD-T (2/4)", ... as each attack of the ensemble starts
+        (progress displays; the official package: once, as it logs its stages itself with ``verbose``)
 
     Returns
     -------
@@ -333,7 +335,7 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float = 8 / 255, ver
     with _attack_context(model, x.device), torch.random.fork_rng(devices=fork_devices):
         # the official package attacks min(9, K - 1) target classes
         x_adv = run(module, model, x_nat, y, eps=eps, version=version, steps=steps, n_queries=n_queries,
-                    n_targets=min(num_classes - 1, 9), seed=seed, verbose=verbose).detach()
+                    n_targets=min(num_classes - 1, 9), seed=seed, verbose=verbose, on_stage=on_stage).detach()
     return _project_(x_adv, x_nat, eps).to(memory_format=_memory_format(x))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from types import ModuleType
+from typing import Callable
 
 from torch import Tensor, nn
 
@@ -52,7 +53,8 @@ def describe(kind: str, module: ModuleType) -> str:
 
 
 def run_official(module: ModuleType, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: str,
-                 steps: int, n_queries: int, n_targets: int, seed: int, verbose: bool) -> Tensor:
+                 steps: int, n_queries: int, n_targets: int, seed: int, verbose: bool,
+                 on_stage: Callable[[str], None] | None = None) -> Tensor:
     """The official AutoAttack. "standard" and "rand" are its own versions; "fast" (ours) is its "custom"
     version with APGD-CE and APGD-T, set up as in "standard". Iterations, queries and target classes are
     set on its attack objects (its defaults: 100 iterations, 5000 queries, 9 targets)."""
@@ -67,11 +69,14 @@ def run_official(module: ModuleType, model: nn.Module, x: Tensor, y: Tensor, *, 
     for attack in (adversary.apgd_targeted, adversary.fab):
         attack.n_target_classes = n_targets  # 9 in the official standard version; fewer for K < 10 classes
     adversary.square.n_queries = n_queries
+    if on_stage is not None:  # its stages run inside run_standard_evaluation (logged there with verbose)
+        on_stage(f"official AutoAttack ({version})")
     return adversary.run_standard_evaluation(x, y, bs=x.shape[0])
 
 
 def run_torchattacks(ta: ModuleType, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, version: str,
-                     steps: int, n_queries: int, n_targets: int, seed: int, verbose: bool) -> Tensor:
+                     steps: int, n_queries: int, n_targets: int, seed: int, verbose: bool,
+                     on_stage: Callable[[str], None] | None = None) -> Tensor:
     """The torchattacks port, assembled here because ``torchattacks.AutoAttack`` keeps its classes' default
     of 10 iterations (the official package runs 100): APGD, APGDT, FAB and Square run in sequence on the
     examples still correctly classified (torchattacks.MultiAttack)."""
@@ -90,4 +95,18 @@ def run_torchattacks(ta: ModuleType, model: nn.Module, x: Tensor, y: Tensor, *, 
                         # (torchattacks' default stretches that schedule to n_queries).
                         ta.Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, resc_schedule=False,
                                   **common)]
+    if on_stage is not None:
+        labels = {"APGD": "APGD-CE", "APGDT": "APGD-T", "FAB": "FAB-T"}
+        for i, attack in enumerate(attacks):
+            label = "APGD-DLR" if version == "rand" and i == 1 else labels.get(type(attack).__name__,
+                                                                             type(attack).__name__)
+            attack.forward = _announced(attack.forward, f"{label} ({i + 1}/{len(attacks)})", on_stage)
     return ta.MultiAttack(attacks)(x, y)
+
+
+def _announced(forward: Callable, label: str, on_stage: Callable[[str], None]) -> Callable:
+    """``forward`` that first tells ``on_stage`` which attack of the ensemble starts."""
+    def run(*args, **kwargs):
+        on_stage(label)
+        return forward(*args, **kwargs)
+    return run

@@ -52,12 +52,13 @@ class AttackSpec:
 
 
 def attack_spec(name: str, eps: float, alpha: float, *, aa_version: str = "standard", aa_steps: int = 100,
-                restarts: int = 1, cw_kappa: float | None = None, aa_implementation: str = "auto") -> AttackSpec:
+                restarts: int = 1, cw_kappa: float | None = None, aa_implementation: str = "auto",
+                on_stage: Callable[[str], None] | None = None) -> AttackSpec:
     """Parse an attack name: "clean", "pgdN" (N steps, CE), "cw" / "cwN" (CW-inf, default 30 steps), "aa".
 
     ``alpha`` is the PGD/CW step size; AutoAttack is step-size free (``aa_steps``: APGD/FAB iterations,
     100 in the official standard version; ``aa_implementation``: see :func:`fr_fast.robustness.attacks.autoattack`,
-    the settings name the one that runs).
+    the settings name the one that runs). ``on_stage`` hears AutoAttack's stages.
     """
     if name == "clean":
         return AttackSpec(name, {"attack": "none"}, lambda m, x, y: x)
@@ -81,7 +82,8 @@ def attack_spec(name: str, eps: float, alpha: float, *, aa_version: str = "stand
         settings = {"attack": "autoattack", "version": aa_version, "eps": eps, "steps": aa_steps,
                     "n_queries": 5000, "implementation": implementation}
         return AttackSpec(name, settings, lambda m, x, y: atk.autoattack(
-            m, x, y, eps=eps, version=aa_version, steps=aa_steps, implementation=aa_implementation))
+            m, x, y, eps=eps, version=aa_version, steps=aa_steps, implementation=aa_implementation,
+            on_stage=on_stage))
     raise ValueError(f"unknown attack {name!r}: use clean, pgdN (e.g. pgd20), cw, cwN or aa")
 
 
@@ -134,8 +136,10 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     alpha = eps / 4 if alpha is None else alpha
     device = model_device(model) if device is None else torch.device(device)
     specs = [attack_spec(name, eps, alpha, aa_version=aa_version, aa_steps=aa_steps, restarts=restarts,
-                         cw_kappa=cw_kappa, aa_implementation=aa_implementation)
+                         cw_kappa=cw_kappa, aa_implementation=aa_implementation,
+                         on_stage=lambda stage: _show_stage(bar, f"eval aa: {stage}{where[0]}"))
              for name in attacks]
+    where = [""]  # ", batch i/n" while an attack runs, for the stage lines
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"attacks has duplicates: {list(attacks)}")
     curve_eps = [eps * f for f in CURVE_FRACTIONS] if eps_curve else []
@@ -152,8 +156,11 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        for x, y in batches(data, n_examples, device, batch_size):
+        n_batches = -(-limit // batch_size) if isinstance(data, Dataset) and limit else None
+        for b, (x, y) in enumerate(batches(data, n_examples, device, batch_size)):
+            where[0] = f", batch {b + 1}" + (f"/{n_batches}" if n_batches else "")
             for spec in specs:
+                _show_stage(bar, f"eval {spec.name}{where[0]}")  # a line per attack and batch, not per batch
                 bar.set_description(f"eval {spec.name}")
                 t0 = time.perf_counter()
                 correct = is_correct(model, spec.run(model, x, y), y)
@@ -198,6 +205,14 @@ def evaluate(model: nn.Module, data: Dataset | Iterable, *, eps: float, alpha: f
     for message in report["warnings"]:
         print(f"WARNING: {message}", file=sys.stderr)
     return report
+
+
+def _show_stage(bar, description: str) -> None:
+    """Show ``description`` now (a plain line off a terminal when one is due), then keep the bar's own."""
+    previous = bar.desc
+    bar.set_description(description)
+    bar.update(0)
+    bar.set_description(previous)
 
 
 def _check_arguments(eps: float, attacks: Sequence[str], n_examples: int | None) -> None:

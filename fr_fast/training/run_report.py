@@ -7,16 +7,25 @@ from typing import Any
 from fr_fast.config.train_config import TrainConfig
 from fr_fast.training.runtime import Runtime
 from fr_fast.training.state import TrainState
+from fr_fast.utils.progress import clock
 
 
-def epoch_line(cfg: TrainConfig, metrics: dict[str, Any]) -> str:
-    """The one line printed after each epoch."""
+def epoch_line(cfg: TrainConfig, metrics: dict[str, Any], eta_s: float | None = None) -> str:
+    """The one line printed after each epoch; ``eta_s``: the run's estimated time left (shown when given)."""
     val = (f" | val clean {metrics['val_clean']:.2f}% PGD-{cfg.eval_pgd_steps} {metrics['val_pgd']:.2f}%"
            if "val_pgd" in metrics else "")
     if "avg_val_pgd" in metrics:
         val += f" | average: clean {metrics['avg_val_clean']:.2f}% PGD {metrics['avg_val_pgd']:.2f}%"
     return (f"epoch {metrics['epoch']:3d}/{cfg.epochs} | lr {metrics['lr']:.4g} | loss {metrics['train_loss']:.4f} "
-            f"| train acc {metrics['train_acc']:.2f}% | {metrics['images_per_s']:.0f} img/s{val}")
+            f"| train acc {metrics['train_acc']:.2f}% | {metrics['images_per_s']:.0f} img/s{val}"
+            + (f" | run ETA {clock(eta_s)}" if eta_s is not None and metrics["epoch"] < cfg.epochs else ""))
+
+
+def run_eta(started: float, now: float, first_epoch: int, epochs_done: int, epochs: int) -> float:
+    """Seconds left for the whole run: the mean time of the epochs this process trained (validation and
+    checkpoints included) times the epochs still to go."""
+    trained = max(epochs_done - first_epoch, 1)
+    return (now - started) / trained * max(epochs - epochs_done, 0)
 
 
 def run_summary(state: TrainState, select_key: str, out_dir: Path, seconds: float, rt: Runtime) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from fr_fast.training.branch import check_branch, start_branch
 from fr_fast.training.interrupt import StopOnSignal
 from fr_fast.training.losses import base_loss, craft_adversarial, make_fr, training_loss
 from fr_fast.training.resume import apply_schedule_overrides, check_resume, override_record
-from fr_fast.training.run_report import epoch_line, run_summary, summary_table
+from fr_fast.training.run_report import epoch_line, run_eta, run_summary, summary_table
 from fr_fast.training.runtime import Runtime, autocast, resolve_amp, resolve_memory_format, runtime
 from fr_fast.training.state import TrainState
 from fr_fast.utils.progress import Progress
@@ -439,6 +439,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
         run_start = time.perf_counter()
         checkpoint: dict[str, Any] | None = None  # the newest one written (rank 0)
         steps: dict[str, Any] = {}  # cuda_graph: the sync-free step (and its CUDA graph) of the current switches
+        first_epoch = state.epoch  # for the run's ETA
         for epoch in range(state.epoch, cfg.epochs):
             seed_everything(mix_seed(cfg.seed, epoch, rt.rank))
             train_loader.set_epoch(epoch)
@@ -464,7 +465,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
                 checkpoint = {**run_info, **state.state_dict()}
                 last_good = _save(out_dir, checkpoint, improved, last_good, epoch)
                 log.append(metrics)
-                print(epoch_line(cfg, metrics), flush=True)
+                eta = run_eta(run_start, time.perf_counter(), first_epoch, epoch + 1, cfg.epochs)
+                print(epoch_line(cfg, metrics, eta), flush=True)
             if rt.world > 1:
                 dist.barrier()
             if epoch + 1 < cfg.epochs:

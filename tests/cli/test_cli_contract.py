@@ -175,3 +175,27 @@ def test_ctrl_c_during_imports_is_one_line():
     out, err = proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and err.count("\n") == 1 and "interrupted (Ctrl-C)" in err, err
+
+
+def test_training_prints_the_run_eta(tmp_path, capsys):
+    assert cli.main(["train", "mnist_cnn_at", *TINY, "epochs=3", f"--out-dir={tmp_path / 'run'}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 3 and all(" | run ETA " in line for line in lines[:2]) and "ETA" not in lines[2]
+
+
+def test_run_eta_is_mean_epoch_time_times_epochs_left():
+    from fr_fast.training.run_report import run_eta
+
+    assert run_eta(100.0, 130.0, first_epoch=2, epochs_done=5, epochs=10) == pytest.approx(50.0)  # resumed at 2
+    assert run_eta(0.0, 10.0, first_epoch=0, epochs_done=10, epochs=10) == 0.0
+
+
+def test_autoattack_reports_each_stage(mnist_model):
+    pytest.importorskip("torchattacks")
+    from fr_fast.robustness.attacks import autoattack
+
+    model, x, y = mnist_model
+    stages: list[str] = []
+    autoattack(model, x[:4], y[:4], eps=0.1, version="standard", steps=2, n_queries=5, on_stage=stages.append)
+    assert stages[0] == "APGD-CE (1/4)"
+    assert set(stages) <= {"APGD-CE (1/4)", "APGD-T (2/4)", "FAB-T (3/4)", "Square (4/4)"}

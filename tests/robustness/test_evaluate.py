@@ -202,7 +202,7 @@ def test_cli_announces_a_data_dir_taken_from_the_checkpoint(tmp_path, capsys):
     path = _checkpoint_naming(tmp_path, tmp_path / "planted")
     assert eval_cli.main([str(path), "--no-progress", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert "planted" in err[0] and "taken from the checkpoint" in err[0] and "--data_dir" in err[0]
+    assert "planted" in err[0] and "taken from the checkpoint" in err[0] and "--data-dir" in err[0]
     assert "error" in err[1] and "planted" in err[1]
     # --data_dir wins, and nothing is announced
     assert eval_cli.main([str(path), "--no-progress", "--device", "cpu", "--data_dir", str(tmp_path / "mine")]) == 2
