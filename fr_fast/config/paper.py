@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fr_fast.config.fields import config_from_dict, load_yaml, parse_overrides
 from fr_fast.config.train_config import CONFIG_DIRS, RUN_CONTROL_FIELDS, TrainConfig, compose, config_to_dict
 from fr_fast.runs.runfolder import run_dir
