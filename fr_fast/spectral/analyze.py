@@ -34,7 +34,7 @@ from fr_fast.data import load_dataset
 from fr_fast.robustness import attacks
 from fr_fast.runs import runinfo
 from fr_fast.runs.checkpoint import checkpoint_data_dir, load_model
-from fr_fast.runs.runfolder import ensure_writable_dir
+from fr_fast.runs.runfolder import check_dir_creatable, ensure_writable_dir
 from fr_fast.spectral import analyses as sp
 from fr_fast.spectral import plots
 from fr_fast.spectral.fourier import HPF_DEFINITIONS
@@ -141,6 +141,7 @@ def analyze(checkpoints: list[str], args: AnalyzeOptions) -> dict[str, Any]:
         raise ValueError("--out is required: the folder for the figures and tables")
     if args.hpf not in HPF_DEFINITIONS:
         raise ValueError(f"--hpf must be one of {', '.join(HPF_DEFINITIONS)}, got {args.hpf!r}")
+    check_dir_creatable(args.out, "--out folder")  # first, without making it: a failed check leaves nothing
     require("matplotlib", "fr-fast analyze (its figures)")  # before minutes of analysis, not after
     what = _parse_what(args.what)
     device = check_device(args.device)
