@@ -125,10 +125,11 @@ class _BoolAction(argparse.Action):
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, *,
-                          skip: tuple[str, ...] = ()) -> list[str]:
+                          skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> list[str]:
     """Add one option per field of dataclass ``cls`` under a help section ``title``; returns their names.
 
-    The help shows ``--n-examples``; ``--n_examples`` works too (a hidden alias).
+    The help shows ``--n-examples``; ``--n_examples`` works too (a hidden alias). ``defaults`` replaces the
+    field defaults shown in the help (e.g. a preset's values, for a command that starts from a preset).
     """
     helps = field_help(cls)
     hints = typing.get_type_hints(cls)
@@ -139,7 +140,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
             continue
         tp, dest = hints[f.name], f"_field_{f.name}"
         spellings = list(dict.fromkeys([f.name.replace("_", "-"), f.name]))
-        text = f"{helps[f.name]} [{type_name(tp)}, default: {_show(_default(f))}]".replace("%", "%%")
+        shown = defaults[f.name] if defaults is not None and f.name in defaults else _default(f)
+        text = f"{helps[f.name]} [{type_name(tp)}, default: {_show(shown)}]".replace("%", "%%")
         if tp is bool:
             for i, spelling in enumerate(spellings):  # the first spelling shown, the other hidden
                 group.add_argument(f"--{spelling}", f"--no-{spelling}", action=_BoolAction, dest=dest,

@@ -10,6 +10,7 @@ the 1000 test images. Any config field overrides the preset (e.g. ``--epochs 4 -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from fr_fast.cli.args import add_dataclass_options, add_option, make_parser, parse_args, run_guarded
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                help=f"where checkpoints and metrics go (default: a new runs/{PRESET}/<UTC time>)")
     add_option(parser, "test-examples", type=_count, default=None, metavar="N",
                help="evaluate on the first N test images")
-    names = add_dataclass_options(parser, TrainConfig, "config fields (override the preset)", skip=("out_dir",))
+    preset = dataclasses.asdict(load_config(PRESET))  # the help shows the values the demo trains with
+    names = add_dataclass_options(parser, TrainConfig, f"config fields (override the preset {PRESET})",
+                                  skip=("out_dir",), defaults=preset)
     return run_guarded("fr-fast demo", argv, lambda: _run(*parse_args(parser, TrainConfig, names, argv)))
 
 

@@ -150,3 +150,14 @@ def test_demo_takes_the_same_field_options(tmp_path, capsys):
     assert "1 epochs" in out and "clean accuracy" in out and (tmp_path / "demo" / "metrics.csv").is_file()
     assert demo.main(["--epochs", "zero"]) == 2
     assert "'epochs' expects int" in capsys.readouterr().err
+
+
+def test_demo_help_shows_the_values_the_demo_trains_with(capsys):
+    """The demo starts from its preset, so its help shows the preset's values, not TrainConfig's defaults."""
+    from fr_fast.config.train_config import load_config
+
+    preset = load_config(demo.PRESET)
+    assert (preset.dataset, preset.epochs) != (TrainConfig().dataset, TrainConfig().epochs)  # else no check
+    text = " ".join(_help(demo.main, capsys).split())
+    assert f"default: {preset.dataset}]" in text and f"[int, default: {preset.epochs}]" in text
+    assert f"default: {TrainConfig().dataset}]" not in text
