@@ -1,6 +1,7 @@
 // Host-side helpers shared by the CPU and CUDA FR ops: argument checks, dtypes, reductions.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "fr_common.h"
 #include "fr_text.h"
@@ -12,6 +13,13 @@ inline void check_logits(const char* op, const at::Tensor& teacher, const at::Te
               ": expected two (B, C) tensors of the same shape, got ", text(teacher.sizes()), " and ", text(adv.sizes()));
   TORCH_CHECK(teacher.scalar_type() == adv.scalar_type(), op, ": teacher and adv dtypes differ");
   TORCH_CHECK(teacher.device() == adv.device(), op, ": teacher and adv are on different devices");
+}
+
+// fft="2d" reduces over the whole spectrum: "mean" or "sum" only.
+inline void check_fr2d_args(const char* op, const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
+  check_logits(op, teacher, adv);
+  TORCH_CHECK_VALUE(reduction == kMean || reduction == kSum, op, ": reduction code must be 1 (mean) or 2 (sum), got ",
+                    text(reduction));
 }
 
 inline at::ScalarType accumulation_dtype(const at::Tensor& t) {
@@ -42,6 +50,27 @@ inline Upstream upstream_gradient(const at::Tensor& grad, const at::Tensor& teac
   const int64_t stride = reduction == kNone ? values.stride(0) : 0;
   const double scale = reduction == kMean ? 1.0 / static_cast<double>(B) : 1.0;
   return {values, stride, scale};
+}
+
+// CPU: rows per parallel chunk so that each chunk holds ~16k elements (small problems stay on one thread).
+inline int64_t grain_for(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)); }
+
+// CPU: (teacher - adv) as a contiguous (B, C) matrix in the accumulation type, from any strides.
+template <typename scalar_t>
+at::Tensor difference(const at::Tensor& teacher, const at::Tensor& adv) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t B = teacher.size(0), C = teacher.size(1);
+  at::Tensor d = at::empty({B, C}, teacher.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const scalar_t* a = teacher.const_data_ptr<scalar_t>();
+  const scalar_t* b = adv.const_data_ptr<scalar_t>();
+  const int64_t sa0 = teacher.stride(0), sa1 = teacher.stride(1), sb0 = adv.stride(0), sb1 = adv.stride(1);
+  acc_t* out = d.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, B, grain_for(C), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row)
+      for (int64_t n = 0; n < C; ++n)
+        out[row * C + n] = static_cast<acc_t>(a[row * sa0 + n * sa1]) - static_cast<acc_t>(b[row * sb0 + n * sb1]);
+  });
+  return d;
 }
 
 }  // namespace fr_fast

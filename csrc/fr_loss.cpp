@@ -52,27 +52,6 @@ const Basis& basis_for(int64_t C, at::ScalarType dtype) {
   return cache.emplace(std::make_pair(C, dtype), Basis{matrix.to(dtype), weights}).first->second;
 }
 
-// Rows per parallel chunk so that each chunk holds ~16k elements: small problems stay on one thread.
-int64_t grain_for(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)); }
-
-// (teacher - adv) as a contiguous (B, C) matrix in the accumulation type, from any strides.
-template <typename scalar_t>
-at::Tensor difference(const at::Tensor& teacher, const at::Tensor& adv) {
-  using acc_t = acc_of<scalar_t>;
-  const int64_t B = teacher.size(0), C = teacher.size(1);
-  at::Tensor d = at::empty({B, C}, teacher.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  const scalar_t* a = teacher.const_data_ptr<scalar_t>();
-  const scalar_t* b = adv.const_data_ptr<scalar_t>();
-  const int64_t sa0 = teacher.stride(0), sa1 = teacher.stride(1), sb0 = adv.stride(0), sb1 = adv.stride(1);
-  acc_t* out = d.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, B, grain_for(C), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row)
-      for (int64_t n = 0; n < C; ++n)
-        out[row * C + n] = static_cast<acc_t>(a[row * sa0 + n * sa1]) - static_cast<acc_t>(b[row * sb0 + n * sb1]);
-  });
-  return d;
-}
-
 // The (B, K) half spectrum of rfft as (B, 2K) reals [Re_0, Im_0, Re_1, Im_1, ...]: the weight of entry j
 // is that of bin j / 2.
 template <typename acc_t>

@@ -88,8 +88,52 @@ at::Tensor fr_l1_autograd(const at::Tensor& teacher, const at::Tensor& adv, int6
   return FRL1::apply(teacher, adv, reduction, keep_gradient);
 }
 
+std::tuple<at::Tensor, at::Tensor> call_fr2d_with_grad(const at::Tensor& teacher, const at::Tensor& adv,
+                                                        int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fr_fast::fr2d_l1_with_grad", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>();
+  return op.call(teacher, adv, reduction);
+}
+
+at::Tensor call_fr2d(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fr_fast::fr2d_l1", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t)>();
+  return op.call(teacher, adv, reduction);
+}
+
+// The 2-D form keeps the gradient for an upstream of 1 on every device: its backward is one scaling.
+class FR2DL1 : public torch::autograd::Function<FR2DL1> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(teacher.scalar_type());
+    auto [loss, pattern] = call_fr2d_with_grad(teacher, adv, reduction);
+    ctx->save_for_backward({pattern});
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
+    variable_list out = scale_pattern(grads[0], ctx->get_saved_variables()[0], kSum, dtype);
+    out.pop_back();  // three inputs
+    return out;
+  }
+};
+
+at::Tensor fr2d_l1_autograd(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
+  if (at::GradMode::is_enabled() && (teacher.requires_grad() || adv.requires_grad()))
+    return FR2DL1::apply(teacher, adv, reduction);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_fr2d(teacher, adv, reduction);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fr_fast, Autograd, m) { m.impl("fr_l1", &fr_l1_autograd); }
+TORCH_LIBRARY_IMPL(fr_fast, Autograd, m) {
+  m.impl("fr_l1", &fr_l1_autograd);
+  m.impl("fr2d_l1", &fr2d_l1_autograd);
+}
 
 }  // namespace fr_fast

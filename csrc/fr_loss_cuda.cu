@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda_reduce.cuh"
 #include "fr_host.h"
 
 namespace fr_fast {
@@ -63,20 +64,6 @@ __device__ void project(const RowShared<acc_t>& row, int C, int k, acc_t& re, ac
   if (k == 0 || 2 * k == C) i = 0;
   re = r;
   im = i;
-}
-
-// The whole-block sum of `value`, valid in thread 0 (blockDim.x a multiple of 32: see kThreads), in a
-// fixed order: deterministic.
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t value, acc_t* scratch) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffff, value, offset);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) scratch[warp] = value;
-  __syncthreads();
-  value = threadIdx.x < blockDim.x / 32 ? scratch[lane] : acc_t(0);
-  if (warp == 0)
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffff, value, offset);
-  return value;
 }
 
 template <typename scalar_t, typename acc_t>

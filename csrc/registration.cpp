@@ -83,6 +83,13 @@ TORCH_LIBRARY(fr_fast, m) {
   // fr_l1 and, for an upstream gradient of 1, its gradient with respect to teacher ((B, C), in the loss's
   // dtype; adv's is the negative). The autograd of fr_l1 keeps it on CPU (no CUDA kernel).
   m.def("fr_l1_with_grad(Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
+  // The 2-D form (fft="2d", the authors' code): L1 over the real and imaginary parts of the 2-D DFT of
+  // teacher - adv (B, C), averaged over all 2 * B * C of them (reduction 1) or summed (2). float32 result
+  // for 16-bit inputs, float64 for float64.
+  m.def("fr2d_l1(Tensor teacher, Tensor adv, int reduction) -> Tensor");
+  // fr2d_l1 and its gradient with respect to teacher for an upstream gradient of 1 ((B, C), in the loss's
+  // dtype; adv's is the negative). The autograd of fr2d_l1 keeps it, so its backward is one scaling.
+  m.def("fr2d_l1_with_grad(Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
   // x_adv <- clamp(min(max(x_adv + alpha * sign(grad), x_nat - eps), x_nat + eps), clip_min, clip_max), in
   // place; a None bound does not clip. alpha_rows / eps_rows: optional (B,) per-sample values that
   // replace alpha / eps.

@@ -118,11 +118,14 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
 
     if fft == "2d" and distance != "l1":
         return _fr_2d_parseval(teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), distance, reduction)
-    if fft == "2d" or distance == "l2":
+    if fft == "2d":
+        if _fused(teacher_logits.device):
+            return torch.ops.fr_fast.fr2d_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
         diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
-        if fft == "2d":  # linearity: one 2-D FFT of the difference instead of two
-            parts = torch.view_as_real(torch.fft.fft2(diff)).abs()
-            return parts.mean() if reduction == "mean" else parts.sum()
+        parts = torch.view_as_real(torch.fft.fft2(diff)).abs()  # linearity: one 2-D FFT instead of two
+        return parts.mean() if reduction == "mean" else parts.sum()
+    if distance == "l2":
+        diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
         return reference._reduce(diff.norm(dim=-1) * math.sqrt(diff.shape[-1]), reduction)  # Parseval
     if distance == "cosine":
         similarity = torch.nn.functional.cosine_similarity(
@@ -314,6 +317,15 @@ def _register_library_functions() -> None:
     def _(grad: Tensor, teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
         return (torch.empty(teacher.shape, dtype=teacher.dtype, device=teacher.device),
                 torch.empty(adv.shape, dtype=adv.dtype, device=adv.device))
+
+    @torch.library.register_fake("fr_fast::fr2d_l1")
+    def _(teacher: Tensor, adv: Tensor, reduction: int) -> Tensor:
+        return teacher.new_empty((), dtype=torch.float64 if teacher.dtype == torch.float64 else torch.float32)
+
+    @torch.library.register_fake("fr_fast::fr2d_l1_with_grad")
+    def _(teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
+        return teacher.new_empty((), dtype=dtype), teacher.new_empty(teacher.shape, dtype=dtype)
 
     @torch.library.register_fake("fr_fast::pgd_step_")
     def _(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float, clip_min: float | None = 0.0,
