@@ -9,10 +9,22 @@
 namespace fr_fast {
 
 inline void check_logits(const char* op, const at::Tensor& teacher, const at::Tensor& adv) {
-  TORCH_CHECK(teacher.dim() == 2 && teacher.sizes() == adv.sizes(), op,
-              ": expected two (B, C) tensors of the same shape, got ", text(teacher.sizes()), " and ", text(adv.sizes()));
-  TORCH_CHECK(teacher.scalar_type() == adv.scalar_type(), op, ": teacher and adv dtypes differ");
-  TORCH_CHECK(teacher.device() == adv.device(), op, ": teacher and adv are on different devices");
+  TORCH_CHECK_VALUE(teacher.dim() == 2 && teacher.sizes() == adv.sizes(), op,
+                    ": expected two (B, C) tensors of the same shape, got ", text(teacher.sizes()), " and ",
+                    text(adv.sizes()));
+  TORCH_CHECK_VALUE(teacher.scalar_type() == adv.scalar_type(), op, ": teacher is ", dtype_name(teacher.scalar_type()),
+                    " but adv is ", dtype_name(adv.scalar_type()));
+  TORCH_CHECK_VALUE(is_kernel_dtype(teacher.scalar_type()), op,
+                    ": logits must be float16, bfloat16, float32 or float64, got ", dtype_name(teacher.scalar_type()));
+  TORCH_CHECK_VALUE(teacher.device() == adv.device(), op, ": teacher is on ", text(teacher.device()), " but adv is on ",
+                    text(adv.device()));
+}
+
+// The 1-D form: per row (0, "none"), mean (1) or sum (2).
+inline void check_fr_l1_args(const char* op, const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
+  check_logits(op, teacher, adv);
+  TORCH_CHECK_VALUE(reduction == kNone || reduction == kMean || reduction == kSum, op,
+                    ": reduction code must be 0 (none), 1 (mean) or 2 (sum), got ", text(reduction));
 }
 
 // fft="2d" reduces over the whole spectrum: "mean" or "sum" only.
@@ -40,13 +52,21 @@ struct Upstream {
   double scale;
 };
 
+// Checks `grad` against the logits (shape, device, dtype) before any kernel indexes it: (B,) for
+// reduction none, one value otherwise. Shared by the CPU and CUDA backward.
 inline Upstream upstream_gradient(const at::Tensor& grad, const at::Tensor& teacher, int64_t reduction) {
   const int64_t B = teacher.size(0);
   TORCH_CHECK_VALUE(grad.device() == teacher.device(), "fr_l1_backward: grad is on ", text(grad.device()),
                     " but the logits are on ", text(teacher.device()));
-  at::Tensor values = grad.to(accumulation_dtype(teacher));
-  TORCH_CHECK_VALUE(reduction == kNone ? values.numel() == B : values.numel() == 1, "fr_l1_backward: grad has ",
-              text(values.numel()), " elements for batch ", text(B));
+  TORCH_CHECK_VALUE(grad.is_floating_point(), "fr_l1_backward: grad must be a floating-point tensor, got ",
+                    dtype_name(grad.scalar_type()));
+  if (reduction == kNone)
+    TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == B, "fr_l1_backward: reduction none needs a grad of shape (",
+                      text(B), ",), got ", text(grad.sizes()));
+  else
+    TORCH_CHECK_VALUE(grad.numel() == 1, "fr_l1_backward: a reduced loss needs a grad with one element, got shape ",
+                      text(grad.sizes()));
+  const at::Tensor values = grad.to(accumulation_dtype(teacher)).reshape({-1});
   const int64_t stride = reduction == kNone ? values.stride(0) : 0;
   const double scale = reduction == kMean ? 1.0 / static_cast<double>(B) : 1.0;
   return {values, stride, scale};

@@ -203,7 +203,7 @@ const acc_t* upstream_rows(int64_t B, const acc_t* g, int64_t g_stride, acc_t g_
 
 // Forward: the half spectrum of (a - b), then the weighted L1 of each row (and the reduction).
 at::Tensor fr_l1_cpu(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
-  check_logits("fr_l1", teacher, adv);
+  check_fr_l1_args("fr_l1", teacher, adv, reduction);
   const int64_t B = teacher.size(0), C = teacher.size(1);
   const auto options = teacher.options().dtype(accumulation_dtype(teacher));
   if (B == 0 || C == 0) return reduce_rows(at::zeros({B}, options), reduction);
@@ -235,12 +235,12 @@ at::Tensor fr_l1_cpu(const at::Tensor& teacher, const at::Tensor& adv, int64_t r
 // and map it back with the adjoint transform.
 std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cpu(const at::Tensor& grad, const at::Tensor& teacher,
                                                       const at::Tensor& adv, int64_t reduction) {
-  check_logits("fr_l1_backward", teacher, adv);
+  check_fr_l1_args("fr_l1_backward", teacher, adv, reduction);
   const int64_t B = teacher.size(0), C = teacher.size(1);
   at::Tensor grad_teacher = at::empty({B, C}, teacher.options());
   at::Tensor grad_adv = at::empty({B, C}, adv.options());
+  const Upstream upstream = upstream_gradient(grad, teacher, reduction);  // checked before anything reads it
   if (B == 0 || C == 0) return {grad_teacher, grad_adv};
-  const Upstream upstream = upstream_gradient(grad, teacher, reduction);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const acc_t* g = upstream.values.const_data_ptr<acc_t>();
@@ -273,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cpu(const at::Tensor& grad, co
 // only scales it: one transform instead of two, and no recompute.
 std::tuple<at::Tensor, at::Tensor> fr_l1_with_grad_cpu(const at::Tensor& teacher, const at::Tensor& adv,
                                                        int64_t reduction) {
-  check_logits("fr_l1", teacher, adv);
+  check_fr_l1_args("fr_l1", teacher, adv, reduction);
   const int64_t B = teacher.size(0), C = teacher.size(1);
   const auto options = teacher.options().dtype(accumulation_dtype(teacher));
   at::Tensor pattern = at::empty({B, C}, options);

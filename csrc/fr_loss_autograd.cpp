@@ -1,8 +1,9 @@
 // Autograd for fr_fast::fr_l1, in C++: forward and backward stay in the dispatcher, without the
 // Python autograd.Function round trip that would cost more than the kernels themselves on small
-// (B, C) logits. It redispatches to the CPU or CUDA kernels. On CPU, when a gradient is needed, the
-// forward also returns the gradient for an upstream of 1 (fr_l1_with_grad) and the backward only
-// scales it; on CUDA the backward kernel recomputes the spectrum instead of storing it.
+// (B, C) logits. It redispatches to the CPU or CUDA kernels. When a gradient is needed, the forward
+// also returns the gradient for an upstream of 1 (fr_l1_with_grad, one pass / one launch) and the
+// backward only scales it. Under torch.func transforms fr_fast.ops uses a Python autograd.Function
+// over the same *_with_grad ops instead (a C++ autograd::Function cannot run under functorch).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -83,8 +84,7 @@ class FRL1 : public torch::autograd::Function<FRL1> {
 };
 
 at::Tensor fr_l1_autograd(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
-  const bool keep_gradient = at::GradMode::is_enabled() && (teacher.requires_grad() || adv.requires_grad()) &&
-                             teacher.device().is_cpu();
+  const bool keep_gradient = at::GradMode::is_enabled() && (teacher.requires_grad() || adv.requires_grad());
   return FRL1::apply(teacher, adv, reduction, keep_gradient);
 }
 

@@ -66,23 +66,56 @@ __device__ void project(const RowShared<acc_t>& row, int C, int k, acc_t& re, ac
   im = i;
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void fr_l1_forward_kernel(const scalar_t* a, const scalar_t* b, int64_t sa0, int64_t sa1, int64_t sb0,
-                                     int64_t sb1, int C, acc_t* rows) {
+// Element n of a row's gradient from the weighted signs of its bins (the adjoint of the projection).
+template <typename acc_t>
+__device__ acc_t row_gradient(const RowShared<acc_t>& row, int C, int K, const acc_t* sign_re, const acc_t* sign_im,
+                              int n) {
+  acc_t total = 0;
+  int m = 0;  // k * n mod C
+  for (int k = 0; k < K; ++k) {
+    total += sign_re[k] * row.cos_t[m] + sign_im[k] * row.sin_t[m];
+    m += n;
+    if (m >= C) m -= C;
+  }
+  return total;
+}
+
+// The forward in one launch: one block per row computes the row's L1 (and with kGrad its gradient for an
+// upstream of `g_row`: 1/B for the mean, else 1); for reduction mean/sum the last block to finish adds
+// the rows in a fixed order into `loss` (deterministic; the counter resets itself for CUDA graphs).
+template <typename scalar_t, typename acc_t, bool kGrad>
+__global__ void fr_l1_kernel(const scalar_t* a, const scalar_t* b, int64_t sa0, int64_t sa1, int64_t sb0, int64_t sb1,
+                             int C, int64_t reduction, acc_t* rows, acc_t* pattern, unsigned int* counter,
+                             acc_t* loss) {
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   __shared__ acc_t scratch[32];
   const RowShared<acc_t> row = row_shared<acc_t>(shared_bytes, C);
-  const int64_t r = blockIdx.x;
-  stage_row(a + r * sa0, b + r * sb0, sa1, sb1, C, row);
   const int K = static_cast<int>(num_half_bins(C));
+  acc_t* sign_re = row.d + C;
+  acc_t* sign_im = sign_re + K;
+  const int64_t r = blockIdx.x;
+  const acc_t g_row = reduction == kMean ? acc_t(1) / static_cast<acc_t>(gridDim.x) : acc_t(1);
+  stage_row(a + r * sa0, b + r * sb0, sa1, sb1, C, row);
   acc_t partial = 0;
   for (int k = threadIdx.x; k < K; k += blockDim.x) {
     acc_t re, im;
     project(row, C, k, re, im);
-    partial += bin_weight<acc_t>(k, C) * (fabs(re) + fabs(im));
+    const acc_t w = bin_weight<acc_t>(k, C);
+    partial += w * (fabs(re) + fabs(im));
+    if (kGrad) {
+      sign_re[k] = w * g_row * sign_of(re);
+      sign_im[k] = w * g_row * sign_of(im);
+    }
   }
-  const acc_t total = block_sum(partial, scratch);
+  const acc_t total = block_sum(partial, scratch);  // synchronises: the signs are complete
   if (threadIdx.x == 0) rows[r] = total;
+  if (kGrad)
+    for (int n = threadIdx.x; n < C; n += blockDim.x) pattern[r * C + n] = row_gradient(row, C, K, sign_re, sign_im, n);
+  if (reduction == kNone || !last_block_done(counter)) return;
+  acc_t sum = 0;
+  for (int64_t i = threadIdx.x; i < gridDim.x; i += blockDim.x) sum += __ldcg(rows + i);
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) *loss = reduction == kMean ? sum / static_cast<acc_t>(gridDim.x) : sum;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -106,54 +139,66 @@ __global__ void fr_l1_backward_kernel(const acc_t* grad, int64_t g_stride, acc_t
   }
   __syncthreads();
   for (int n = threadIdx.x; n < C; n += blockDim.x) {
-    acc_t total = 0;
-    int m = 0;  // k * n mod C
-    for (int k = 0; k < K; ++k) {
-      total += sign_re[k] * row.cos_t[m] + sign_im[k] * row.sin_t[m];
-      m += n;
-      if (m >= C) m -= C;
-    }
+    const acc_t total = row_gradient(row, C, K, sign_re, sign_im, n);
     ga[r * C + n] = static_cast<scalar_t>(total);
     gb[r * C + n] = static_cast<scalar_t>(-total);
   }
 }
 
-size_t shared_bytes_for(int64_t C, size_t acc_size, bool backward) {
-  const int64_t values = 3 * C + (backward ? 2 * num_half_bins(C) : 0);
+size_t shared_bytes_for(int64_t C, size_t acc_size, bool with_signs) {
+  const int64_t values = 3 * C + (with_signs ? 2 * num_half_bins(C) : 0);
   const size_t bytes = static_cast<size_t>(values) * acc_size;
   TORCH_CHECK(bytes <= 48 * 1024, "fr_l1 (CUDA): ", text(C), " classes need ", text(static_cast<int64_t>(bytes)),
               " bytes of shared memory per row; at most 48 KiB are supported");
   return bytes;
 }
 
-at::Tensor fr_l1_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
-  check_logits("fr_l1", teacher, adv);
+// (loss, gradient for an upstream of 1 or undefined) in one launch.
+std::tuple<at::Tensor, at::Tensor> fr_l1_run_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction,
+                                                  bool want_gradient) {
+  check_fr_l1_args("fr_l1", teacher, adv, reduction);
   const c10::cuda::CUDAGuard guard(teacher.device());
   const int64_t B = teacher.size(0), C = teacher.size(1);
-  at::Tensor rows = at::empty({B}, teacher.options().dtype(accumulation_dtype(teacher)));
-  if (C == 0) rows.zero_();
-  if (B > 0 && C > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_cuda", [&] {
-      using acc_t = acc_of<scalar_t>;
-      const size_t shared = shared_bytes_for(C, sizeof(acc_t), false);
-      fr_l1_forward_kernel<scalar_t, acc_t><<<B, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
-          teacher.const_data_ptr<scalar_t>(), adv.const_data_ptr<scalar_t>(), teacher.stride(0), teacher.stride(1),
-          adv.stride(0), adv.stride(1), static_cast<int>(C), rows.mutable_data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  const auto options = teacher.options().dtype(accumulation_dtype(teacher));
+  at::Tensor pattern = want_gradient ? at::empty({B, C}, options) : at::Tensor();
+  if (B == 0 || C == 0) {
+    if (want_gradient) pattern.zero_();
+    return {reduce_rows(at::zeros({B}, options), reduction), pattern};
   }
-  return reduce_rows(rows, reduction);
+  at::Tensor rows = at::empty({B}, options);
+  at::Tensor loss = reduction == kNone ? rows : at::empty({}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_cuda", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const size_t shared = shared_bytes_for(C, sizeof(acc_t), true);
+    auto kernel = want_gradient ? fr_l1_kernel<scalar_t, acc_t, true> : fr_l1_kernel<scalar_t, acc_t, false>;
+    kernel<<<B, kThreads, shared, c10::cuda::getCurrentCUDAStream()>>>(
+        teacher.const_data_ptr<scalar_t>(), adv.const_data_ptr<scalar_t>(), teacher.stride(0), teacher.stride(1),
+        adv.stride(0), adv.stride(1), static_cast<int>(C), reduction, rows.mutable_data_ptr<acc_t>(),
+        want_gradient ? pattern.mutable_data_ptr<acc_t>() : nullptr, done_counter(teacher),
+        loss.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, pattern};
+}
+
+at::Tensor fr_l1_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction) {
+  return std::get<0>(fr_l1_run_cuda(teacher, adv, reduction, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> fr_l1_with_grad_cuda(const at::Tensor& teacher, const at::Tensor& adv,
+                                                        int64_t reduction) {
+  return fr_l1_run_cuda(teacher, adv, reduction, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cuda(const at::Tensor& grad, const at::Tensor& teacher,
                                                        const at::Tensor& adv, int64_t reduction) {
-  check_logits("fr_l1_backward", teacher, adv);
+  check_fr_l1_args("fr_l1_backward", teacher, adv, reduction);
   const c10::cuda::CUDAGuard guard(teacher.device());
   const int64_t B = teacher.size(0), C = teacher.size(1);
   at::Tensor grad_teacher = at::empty({B, C}, teacher.options());
   at::Tensor grad_adv = at::empty({B, C}, adv.options());
+  const Upstream upstream = upstream_gradient(grad, teacher, reduction);  // checked before anything reads it
   if (B == 0 || C == 0) return {grad_teacher, grad_adv};
-  const Upstream upstream = upstream_gradient(grad, teacher, reduction);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_backward_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     const size_t shared = shared_bytes_for(C, sizeof(acc_t), true);
@@ -174,6 +219,7 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cuda(const at::Tensor& grad, c
 TORCH_LIBRARY_IMPL(fr_fast, CUDA, m) {
   m.impl("fr_l1", &fr_l1_cuda);
   m.impl("fr_l1_backward", &fr_l1_backward_cuda);
+  m.impl("fr_l1_with_grad", &fr_l1_with_grad_cuda);
 }
 
 }  // namespace fr_fast

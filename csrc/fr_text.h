@@ -5,6 +5,7 @@
 // strings were fine). These helpers format with snprintf / std::to_string so that an error stays an error.
 #pragma once
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
@@ -28,5 +29,21 @@ inline std::string text(c10::IntArrayRef sizes) {
 }
 
 inline std::string text(const c10::Device& device) { return device.str(); }
+
+// The dtypes the kernels take.
+inline bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// A dtype as Python spells it, so that the messages read like the Python API.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
 
 }  // namespace fr_fast

@@ -45,21 +45,6 @@ struct StepPlan {
   }
 };
 
-inline bool is_kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-// A dtype as Python spells it, so that the messages read like the Python API.
-inline std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
 inline void check_operand(const char* op, const at::Tensor& x_adv, const at::Tensor& other, const char* name) {
   TORCH_CHECK_VALUE(other.sizes() == x_adv.sizes(), op, ": ", name, " has shape ", text(other.sizes()),
                     " but x_adv has shape ", text(x_adv.sizes()));

@@ -33,8 +33,21 @@ PyObject* pgd_step_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t
   if (nargs != 7 || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
   for (int i = 0; i < 3; ++i)
     if (!THPVariable_CheckExact(args[i])) Py_RETURN_NOTIMPLEMENTED;
-  if (!PyFloat_Check(args[3]) && !PyLong_Check(args[3])) Py_RETURN_NOTIMPLEMENTED;
-  if (!PyFloat_Check(args[4]) && !PyLong_Check(args[4])) Py_RETURN_NOTIMPLEMENTED;
+  for (int i = 3; i < 5; ++i) {
+    if (PyBool_Check(args[i])) {  // a bool is a Python int: refuse it rather than step by True == 1
+      PyErr_Format(PyExc_ValueError, "pgd_step_: %s must be a finite number, got %s", i == 3 ? "alpha" : "eps",
+                   args[i] == Py_True ? "True" : "False");
+      return nullptr;
+    }
+    if (!PyFloat_Check(args[i]) && !PyLong_Check(args[i])) Py_RETURN_NOTIMPLEMENTED;
+  }
+  for (int i = 5; i < 7; ++i) {
+    if (PyBool_Check(args[i])) {
+      PyErr_Format(PyExc_ValueError, "pgd_step_: %s must be a number or None (no bound), got %s",
+                   i == 5 ? "clip_min" : "clip_max", args[i] == Py_True ? "True" : "False");
+      return nullptr;
+    }
+  }
   static const c10::OperatorHandle handle = c10::Dispatcher::singleton().findSchemaOrThrow("fr_fast::pgd_step_", "");
   static const bool cuda_kernel = handle.hasKernelForDispatchKey(c10::DispatchKey::CUDA);
   static const auto op =
@@ -81,7 +94,7 @@ TORCH_LIBRARY(fr_fast, m) {
   // Gradients of fr_l1 with respect to both inputs, in the inputs' dtypes.
   m.def("fr_l1_backward(Tensor grad, Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
   // fr_l1 and, for an upstream gradient of 1, its gradient with respect to teacher ((B, C), in the loss's
-  // dtype; adv's is the negative). The autograd of fr_l1 keeps it on CPU (no CUDA kernel).
+  // dtype; adv's is the negative). The autograd of fr_l1 keeps it, so its backward is one scaling.
   m.def("fr_l1_with_grad(Tensor teacher, Tensor adv, int reduction) -> (Tensor, Tensor)");
   // The 2-D form (fft="2d", the authors' code): L1 over the real and imaginary parts of the 2-D DFT of
   // teacher - adv (B, C), averaged over all 2 * B * C of them (reduction 1) or summed (2). float32 result
