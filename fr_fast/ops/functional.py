@@ -120,6 +120,8 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         return _fr_2d_parseval(teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), distance, reduction)
     if fft == "2d":
         if _fused(teacher_logits.device):
+            if _transforms_active():
+                return _FunctorchFR.apply(teacher_logits, adv_logits, "2d", _REDUCTION_CODES[reduction])[0]
             return torch.ops.fr_fast.fr2d_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
         diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
         parts = torch.view_as_real(torch.fft.fft2(diff)).abs()  # linearity: one 2-D FFT instead of two
@@ -133,6 +135,8 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         return reference._reduce(1.0 - similarity, reduction)
     device = teacher_logits.device
     if _fused(device) and (device.type != "cuda" or teacher_logits.shape[-1] <= MAX_CUDA_FUSED_CLASSES):
+        if _transforms_active():
+            return _FunctorchFR.apply(teacher_logits, adv_logits, "1d", _REDUCTION_CODES[reduction])[0]
         return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
     return reference.fr_loss(teacher_logits, adv_logits, "l1", reduction, "1d")
 
@@ -144,6 +148,54 @@ def _fr_2d_parseval(teacher: Tensor, adv: Tensor, distance: str, reduction: str)
         norm = (teacher - adv).norm()
         return norm / math.sqrt(2.0) if reduction == "mean" else norm * math.sqrt(teacher.numel())
     return 1.0 - torch.nn.functional.cosine_similarity(teacher.flatten(), adv.flatten(), dim=0, eps=1e-8)
+
+
+def _transforms_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, jvp, ...) is running around this call."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
+class _FunctorchFR(torch.autograd.Function):
+    """The fused FR ops under torch.func transforms, which cannot run the ops' C++ autograd.
+
+    ``forward`` runs fr_l1_with_grad / fr2d_l1_with_grad: the loss and its gradient for an upstream of 1
+    (the "pattern"). The loss is piecewise linear, so the gradient is upstream * pattern and the pattern's
+    own derivative is zero: double backward gives zeros, as autograd through torch.fft does. The
+    pattern stays a (differentiable) output so that the first gradient is connected to the inputs.
+    vmap comes from the ops' vmap rules (``_register_vmap_rules``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(teacher: Tensor, adv: Tensor, fft: str, reduction: int) -> tuple[Tensor, Tensor]:
+        op = torch.ops.fr_fast.fr2d_l1_with_grad if fft == "2d" else torch.ops.fr_fast.fr_l1_with_grad
+        return op(teacher, adv, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        teacher, _, fft, reduction = inputs
+        ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
+        ctx.per_row = fft == "1d" and reduction == _REDUCTION_CODES["none"]
+        ctx.dtype = teacher.dtype
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_pattern: Tensor):
+        (pattern,) = ctx.saved_tensors
+        grad = (grad_loss.unsqueeze(-1) if ctx.per_row else grad_loss) * pattern
+        return grad.to(ctx.dtype), grad.neg().to(ctx.dtype), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent_teacher: Tensor | None, tangent_adv: Tensor | None, _fft, _reduction):
+        (pattern,) = ctx.saved_tensors
+        tangent = torch.zeros_like(pattern)
+        if tangent_teacher is not None:
+            tangent = tangent + tangent_teacher.to(pattern.dtype)
+        if tangent_adv is not None:
+            tangent = tangent - tangent_adv.to(pattern.dtype)
+        product = pattern * tangent
+        return (product.sum(-1) if ctx.per_row else product.sum()), torch.zeros_like(pattern)
 
 
 class FRLoss(torch.nn.Module):
@@ -250,6 +302,9 @@ def pgd_step_(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: Radius, eps: Ra
             return done
     if isinstance(x_adv, Tensor) and x_adv.device.type in _KERNEL_DEVICES:  # torch.compile, per-sample values
         per_alpha, per_eps = isinstance(alpha, Tensor), isinstance(eps, Tensor)
+        for name, value in (("alpha", alpha), ("eps", eps)):  # else a meta tensor would pick the fake kernel
+            if isinstance(value, Tensor) and value.device != x_adv.device:
+                raise ValueError(f"pgd_step_: x_adv is on {x_adv.device} but {name} is on {value.device}")
         if not per_alpha:
             _checked_radius("pgd_step_", "alpha", alpha, x_adv, non_negative=False)
         if not per_eps:
@@ -275,7 +330,8 @@ def random_start_(x_adv: Tensor, x_nat: Tensor, eps: Radius, clip_min: float | N
     ``x_adv`` itself, which must not share memory with ``x_nat``; one fused pass then adds ``x_nat`` and clips.
     """
     _check_images("random_start_", x_adv, {"x_nat": x_nat})
-    _check_no_overlap("random_start_", x_adv, {"x_nat": x_nat})
+    if not torch.compiler.is_compiling():  # data_ptr breaks a graph; the kernel checks the overlap as well
+        _check_no_overlap("random_start_", x_adv, {"x_nat": x_nat})
     _check_clip("random_start_", clip_min, clip_max)
     eps = _checked_radius("random_start_", "eps", eps, x_adv, non_negative=True)
     if not _fused(x_adv.device):
@@ -298,32 +354,45 @@ def _is_dense(tensor: Tensor) -> bool:
 
 # ------------------------------------------------------------------------- torch.library registration
 
+def _check_devices(op: str, tensors: dict[str, Tensor | None]) -> None:
+    """One device for all tensors. Also in the fake kernels: a meta tensor among CPU ones selects them."""
+    given = [(name, t) for name, t in tensors.items() if t is not None]
+    for name, tensor in given[1:]:
+        if tensor.device != given[0][1].device:
+            raise ValueError(f"{op}: {given[0][0]} is on {given[0][1].device} but {name} is on {tensor.device}")
+
+
 def _register_library_functions() -> None:
-    """Fake (meta) implementations for torch.compile (fr_l1's autograd is registered in C++)."""
+    """Fake (meta) implementations for torch.compile (the autograd of fr_l1/fr2d_l1 is registered in C++)."""
 
     @torch.library.register_fake("fr_fast::fr_l1")
     def _(teacher: Tensor, adv: Tensor, reduction: int) -> Tensor:
+        _check_devices("fr_l1", {"teacher": teacher, "adv": adv})
         dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
         shape = (teacher.shape[0],) if reduction == 0 else ()
         return teacher.new_empty(shape, dtype=dtype)
 
     @torch.library.register_fake("fr_fast::fr_l1_with_grad")
     def _(teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        _check_devices("fr_l1_with_grad", {"teacher": teacher, "adv": adv})
         dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
         shape = (teacher.shape[0],) if reduction == 0 else ()
         return teacher.new_empty(shape, dtype=dtype), teacher.new_empty(teacher.shape, dtype=dtype)
 
     @torch.library.register_fake("fr_fast::fr_l1_backward")
     def _(grad: Tensor, teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        _check_devices("fr_l1_backward", {"teacher": teacher, "adv": adv, "grad": grad})
         return (torch.empty(teacher.shape, dtype=teacher.dtype, device=teacher.device),
                 torch.empty(adv.shape, dtype=adv.dtype, device=adv.device))
 
     @torch.library.register_fake("fr_fast::fr2d_l1")
     def _(teacher: Tensor, adv: Tensor, reduction: int) -> Tensor:
+        _check_devices("fr2d_l1", {"teacher": teacher, "adv": adv})
         return teacher.new_empty((), dtype=torch.float64 if teacher.dtype == torch.float64 else torch.float32)
 
     @torch.library.register_fake("fr_fast::fr2d_l1_with_grad")
     def _(teacher: Tensor, adv: Tensor, reduction: int) -> tuple[Tensor, Tensor]:
+        _check_devices("fr2d_l1_with_grad", {"teacher": teacher, "adv": adv})
         dtype = torch.float64 if teacher.dtype == torch.float64 else torch.float32
         return teacher.new_empty((), dtype=dtype), teacher.new_empty(teacher.shape, dtype=dtype)
 
@@ -331,6 +400,7 @@ def _register_library_functions() -> None:
     def _(x_adv: Tensor, grad: Tensor, x_nat: Tensor, alpha: float, eps: float, clip_min: float | None = 0.0,
           clip_max: float | None = 1.0, alpha_rows: Tensor | None = None, eps_rows: Tensor | None = None) -> None:
         _check_images("pgd_step_", x_adv, {"grad": grad, "x_nat": x_nat})
+        _check_devices("pgd_step_", {"x_adv": x_adv, "alpha": alpha_rows, "eps": eps_rows})
         return None
 
     @torch.library.register_fake("fr_fast::add_clip_")
@@ -339,5 +409,38 @@ def _register_library_functions() -> None:
         return None
 
 
+def _register_vmap_rules() -> None:
+    """vmap rules of the *_with_grad ops (used by ``_FunctorchFR`` under torch.func.vmap).
+
+    1-D: rows are independent, so the vmapped batch folds into B and one call serves all samples. 2-D:
+    the transform couples the rows, so each sample is one call.
+    """
+
+    def batched(in_dims, teacher: Tensor, adv: Tensor) -> tuple[Tensor, Tensor]:
+        size = (teacher if in_dims[0] is not None else adv).shape[in_dims[0] if in_dims[0] is not None else in_dims[1]]
+        return tuple(t.movedim(d, 0) if d is not None else t.expand(size, *t.shape)
+                     for t, d in zip((teacher, adv), in_dims[:2]))
+
+    @torch.library.register_vmap("fr_fast::fr_l1_with_grad")
+    def _(info, in_dims, teacher: Tensor, adv: Tensor, reduction: int):
+        teacher, adv = batched(in_dims, teacher, adv)
+        samples, rows, classes = teacher.shape
+        values, pattern = torch.ops.fr_fast.fr_l1_with_grad(teacher.reshape(-1, classes), adv.reshape(-1, classes),
+                                                           _REDUCTION_CODES["none"])
+        values, pattern = values.view(samples, rows), pattern.view(samples, rows, classes)
+        if reduction == _REDUCTION_CODES["mean"]:
+            values, pattern = values.mean(1), pattern / max(rows, 1)
+        elif reduction == _REDUCTION_CODES["sum"]:
+            values = values.sum(1)
+        return (values, pattern), (0, 0)
+
+    @torch.library.register_vmap("fr_fast::fr2d_l1_with_grad")
+    def _(info, in_dims, teacher: Tensor, adv: Tensor, reduction: int):
+        teacher, adv = batched(in_dims, teacher, adv)
+        results = [torch.ops.fr_fast.fr2d_l1_with_grad(t, a, reduction) for t, a in zip(teacher, adv)]
+        return (torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])), (0, 0)
+
+
 if EXTENSION_ERROR is None:
     _register_library_functions()
+    _register_vmap_rules()
