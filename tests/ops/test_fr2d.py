@@ -4,7 +4,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fr_fast
-from fr_fast import ops
+from fr_fast.ops import functional as ops
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
