@@ -2,7 +2,8 @@
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--quick] [--no-compile]
 
-Rows: the FR loss forward+backward in the presets' 2-D form (fused vs torch.fft2 reference) and in the 1-D
+Rows: the FR loss forward+backward in the presets' 2-D form (fused; torch.fft2 reference; fft2 of the
+difference; two GEMMs against the full DFT bases) and in the 1-D
 form (fused; torch.fft reference; a matmul against the real-DFT basis [cos | -sin], eager and
 torch.compile'd), the PGD step (fused; clamp chain, eager and compiled), the random start, the Python cost
 of one PGD step call on a 1-element tensor against an in-place add_, and (``--large``, CUDA) the PGD step on
@@ -30,7 +31,7 @@ from fr_fast.ops import reference
 Candidates = dict[str, Callable[[], object]]
 FR_SIZES = ((128, 10), (128, 100), (128, 200), (512, 10), (512, 100), (512, 200))
 QUICK_FR_SIZES = ((128, 10), (128, 100))
-FR2D_SIZES = ((128, 10), (128, 100), (512, 200))
+FR2D_SIZES = ((128, 10), (128, 100), (128, 200), (512, 200), (1024, 1000))
 IMAGE_SHAPE = (128, 3, 32, 32)
 LARGE_SHAPE = (512, 3, 224, 224)
 # HBM bandwidth of the datasheets (GB/s), by a substring of torch.cuda.get_device_name().
@@ -94,14 +95,38 @@ def fr_cases(device: str, sizes=FR_SIZES, baselines: bool = True, compile_rows: 
         yield f"FR loss fwd+bwd B={batch} C={classes}", candidates
 
 
+def dft_2d_bases(batch: int, classes: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """[cos; sin] over the batch (2B, B) and [cos | sin] over the classes (C, 2C) of the full 2-D DFT."""
+    def cos_sin(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = torch.arange(n, dtype=torch.float64)
+        angle = 2 * math.pi * torch.remainder(k[:, None] * k[None, :], n) / n
+        return angle.cos(), angle.sin()
+    (cos_b, sin_b), (cos_c, sin_c) = cos_sin(batch), cos_sin(classes)
+    return torch.cat([cos_b, sin_b]).float().to(device), torch.cat([cos_c, sin_c], 1).float().to(device)
+
+
+def matmul_fr2d_loss(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The 2-D FR L1 as two GEMMs: Re X = Cb D Cc - Sb D Sc, -Im X = Sb D Cc + Cb D Sc."""
+    batch, classes = a.shape
+    blocks = rows @ ((a - b) @ cols)  # (2B, 2C): [[CDC, CDS], [SDC, SDS]]
+    cdc, cds, sdc, sds = blocks[:batch, :classes], blocks[:batch, classes:], blocks[batch:, :classes], blocks[batch:, classes:]
+    return ((cdc - sds).abs().sum() + (sdc + cds).abs().sum()) / (2 * batch * classes)
+
+
 def fr2d_cases(device: str, sizes=FR2D_SIZES) -> Iterator[tuple[str, Candidates]]:
-    """The presets' FR (fft 2d): fused op against the torch.fft2 reference."""
+    """The presets' FR (fft 2d): fused; the torch.fft2 reference; fft2 of the difference; two GEMMs."""
     for batch, classes in sizes:
         a = torch.randn(batch, classes, device=device, requires_grad=True)
         b = torch.randn(batch, classes, device=device, requires_grad=True)
+        rows, cols = dft_2d_bases(batch, classes, device)
+        expected = reference.fr_loss(a.detach(), b.detach(), fft="2d")
+        torch.testing.assert_close(matmul_fr2d_loss(a.detach(), b.detach(), rows, cols), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fr_fast.fr_loss(a.detach(), b.detach(), fft="2d"), expected, rtol=1e-5, atol=1e-5)
         yield f"FR 2d loss fwd+bwd B={batch} C={classes}", {
             "fused": lambda a=a, b=b: fr_fast.fr_loss(a, b, fft="2d").backward(),
-            "reference": lambda a=a, b=b: reference.fr_loss(a, b, fft="2d").backward()}
+            "reference": lambda a=a, b=b: reference.fr_loss(a, b, fft="2d").backward(),
+            "fft2_of_difference": lambda a=a, b=b: torch.view_as_real(torch.fft.fft2(a - b)).abs().mean().backward(),
+            "matmul": lambda a=a, b=b, r=rows, c=cols: matmul_fr2d_loss(a, b, r, c).backward()}
 
 
 def large_step_rows(device: str, hbm_gbs: float | None, rounds: int, batch: int = 512) -> Iterator[dict]:

@@ -24,6 +24,16 @@ def test_fr_loss_forward_backward(benchmark, impl, case):
 
 
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("case", ["B128-C10", "B128-C100", "B512-C200"])
+def test_fr2d_loss_forward_backward(benchmark, impl, case):
+    batch, classes = (int(part[1:]) for part in case.split("-"))
+    a = torch.randn(batch, classes, requires_grad=True)
+    b = torch.randn(batch, classes, requires_grad=True)
+    loss_fn = IMPLEMENTATIONS[impl][0]
+    benchmark(lambda: loss_fn(a, b, fft="2d").backward())
+
+
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("case", ["NCHW", "channels_last"])
 def test_pgd_step(benchmark, impl, case):
     fmt = torch.channels_last if case == "channels_last" else torch.contiguous_format

@@ -7,7 +7,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "fr2d_common.h"
@@ -68,10 +67,6 @@ std::tuple<at::Tensor, at::Tensor> fr2d_cpu(const at::Tensor& teacher, const at:
   check_fr2d_args("fr2d_l1", teacher, adv, reduction);
   const int64_t B = teacher.size(0), C = teacher.size(1);
   const auto options = teacher.options().dtype(accumulation_dtype(teacher));
-  if (B == 0 || C == 0) {  // as torch: the mean of nothing is NaN, the sum 0
-    const double empty = reduction == kMean ? std::numeric_limits<double>::quiet_NaN() : 0.0;
-    return {at::full({}, empty, options), want_gradient ? at::zeros({B, C}, options) : at::Tensor()};
-  }
   at::Tensor loss, pattern;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr2d_l1_cpu", [&] {
     using acc_t = acc_of<scalar_t>;

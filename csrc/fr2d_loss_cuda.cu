@@ -13,7 +13,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 
 #include "cuda_reduce.cuh"
 #include "fr2d_common.h"
@@ -92,14 +91,14 @@ __global__ void fr2d_one_kernel(const scalar_t* a, const scalar_t* b, int64_t sa
       if (t >= B) t -= B;
     }
     partial += w * (fabs(re) + fabs(im));
-    if (kGrad) {
+    if constexpr (kGrad) {
       s_re[p] = sign_of(re);
       s_im[p] = sign_of(im);
     }
   }
   const acc_t column_total = block_sum(partial, scratch);  // synchronises: s_re, s_im are complete
   if (threadIdx.x == 0) partials[q] = column_total;
-  if (kGrad) {
+  if constexpr (kGrad) {
     for (int m = threadIdx.x; m < B; m += blockDim.x) {  // v[m] = w sum_p S[p] e^{+2 pi i p m / B}
       acc_t re = 0, im = 0;
       int t = 0;
@@ -118,17 +117,18 @@ __global__ void fr2d_one_kernel(const scalar_t* a, const scalar_t* b, int64_t sa
   for (int i = threadIdx.x; i < K; i += blockDim.x) sum += __ldcg(partials + i);
   sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) *loss = scale * sum;
-  if (!kGrad) return;
-  for (int i = threadIdx.x; i < B * C; i += blockDim.x) {  // G[m, n] = s Re sum_q v_q[m] e^{+2 pi i q n / C}
-    const int m = i / C, n = i % C;
-    acc_t g = 0;
-    int t = 0;  // q * n mod C
-    for (int k = 0; k < K; ++k) {
-      g += __ldcg(v_re + k * B + m) * cos_c[t] - __ldcg(v_im + k * B + m) * sin_c[t];
-      t += n;
-      if (t >= C) t -= C;
+  if constexpr (kGrad) {
+    for (int i = threadIdx.x; i < B * C; i += blockDim.x) {  // G[m, n] = s Re sum_q v_q[m] e^{+2 pi i q n / C}
+      const int m = i / C, n = i % C;
+      acc_t g = 0;
+      int t = 0;  // q * n mod C
+      for (int k = 0; k < K; ++k) {
+        g += __ldcg(v_re + k * B + m) * cos_c[t] - __ldcg(v_im + k * B + m) * sin_c[t];
+        t += n;
+        if (t >= C) t -= C;
+      }
+      pattern[i] = scale * g;
     }
-    pattern[i] = scale * g;
   }
 }
 
@@ -147,7 +147,7 @@ __global__ void fr2d_spectrum_kernel(const acc_t* y, int B, int C, acc_t scale, 
     const int q = static_cast<int>(i % K);
     const acc_t re = y[2 * i], im = y[2 * i + 1];
     partial += bin_weight<acc_t>(q, C) * (fabs(re) + fabs(im));
-    if (kGrad) {
+    if constexpr (kGrad) {
       acc_t sr = sign_of(re), si = sign_of(im);
       if (self_conjugate_column(q, C)) {
         const int64_t j = ((B - p) % B) * K + q;
@@ -173,10 +173,6 @@ std::tuple<at::Tensor, at::Tensor> fr2d_cuda(const at::Tensor& teacher, const at
   const c10::cuda::CUDAGuard guard(teacher.device());
   const int64_t B = teacher.size(0), C = teacher.size(1);
   const auto options = teacher.options().dtype(accumulation_dtype(teacher));
-  if (B == 0 || C == 0) {  // as torch: the mean of nothing is NaN, the sum 0
-    const double empty = reduction == kMean ? std::numeric_limits<double>::quiet_NaN() : 0.0;
-    return {at::full({}, empty, options), want_gradient ? at::zeros({B, C}, options) : at::Tensor()};
-  }
   TORCH_CHECK(B < (int64_t(1) << 31) / std::max<int64_t>(C, 1), "fr2d_l1 (CUDA): ", text(B), " x ", text(C),
               " logits are too many");
   const int64_t K = num_half_bins(C);

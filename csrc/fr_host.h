@@ -10,7 +10,7 @@ namespace fr_fast {
 
 inline void check_logits(const char* op, const at::Tensor& teacher, const at::Tensor& adv) {
   TORCH_CHECK_VALUE(teacher.dim() == 2 && teacher.sizes() == adv.sizes(), op,
-                    ": expected two (B, C) tensors of the same shape, got ", text(teacher.sizes()), " and ",
+                    ": expected (batch, classes) logits of the same shape, got ", text(teacher.sizes()), " and ",
                     text(adv.sizes()));
   TORCH_CHECK_VALUE(teacher.scalar_type() == adv.scalar_type(), op, ": teacher is ", dtype_name(teacher.scalar_type()),
                     " but adv is ", dtype_name(adv.scalar_type()));
@@ -32,6 +32,8 @@ inline void check_fr2d_args(const char* op, const at::Tensor& teacher, const at:
   check_logits(op, teacher, adv);
   TORCH_CHECK_VALUE(reduction == kMean || reduction == kSum, op, ": reduction code must be 1 (mean) or 2 (sum), got ",
                     text(reduction));
+  TORCH_CHECK_VALUE(teacher.numel() > 0, op, ": a 2-D DFT needs at least one row and one class, got ",
+                    text(teacher.sizes()), " (torch.fft.fft2 refuses it too)");
 }
 
 inline at::ScalarType accumulation_dtype(const at::Tensor& t) {
@@ -60,12 +62,13 @@ inline Upstream upstream_gradient(const at::Tensor& grad, const at::Tensor& teac
                     " but the logits are on ", text(teacher.device()));
   TORCH_CHECK_VALUE(grad.is_floating_point(), "fr_l1_backward: grad must be a floating-point tensor, got ",
                     dtype_name(grad.scalar_type()));
-  if (reduction == kNone)
+  if (reduction == kNone) {
     TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == B, "fr_l1_backward: reduction none needs a grad of shape (",
                       text(B), ",), got ", text(grad.sizes()));
-  else
+  } else {
     TORCH_CHECK_VALUE(grad.numel() == 1, "fr_l1_backward: a reduced loss needs a grad with one element, got shape ",
                       text(grad.sizes()));
+  }
   const at::Tensor values = grad.to(accumulation_dtype(teacher)).reshape({-1});
   const int64_t stride = reduction == kNone ? values.stride(0) : 0;
   const double scale = reduction == kMean ? 1.0 / static_cast<double>(B) : 1.0;

@@ -102,14 +102,14 @@ __global__ void fr_l1_kernel(const scalar_t* a, const scalar_t* b, int64_t sa0, 
     project(row, C, k, re, im);
     const acc_t w = bin_weight<acc_t>(k, C);
     partial += w * (fabs(re) + fabs(im));
-    if (kGrad) {
+    if constexpr (kGrad) {
       sign_re[k] = w * g_row * sign_of(re);
       sign_im[k] = w * g_row * sign_of(im);
     }
   }
   const acc_t total = block_sum(partial, scratch);  // synchronises: the signs are complete
   if (threadIdx.x == 0) rows[r] = total;
-  if (kGrad)
+  if constexpr (kGrad)
     for (int n = threadIdx.x; n < C; n += blockDim.x) pattern[r * C + n] = row_gradient(row, C, K, sign_re, sign_im, n);
   if (reduction == kNone || !last_block_done(counter)) return;
   acc_t sum = 0;

@@ -1,10 +1,11 @@
 // Op schemas of fr_fast and the Python module. The kernels register their implementations per device
-// in fr_loss*.{cpp,cu} and pgd_step*.{cpp,cu}. The module has one function, a direct entry point to
-// fr_fast::pgd_step_ for fr_fast.ops: the generic torch.ops argument parsing costs several times an
-// in-place add on small tensors, ten times per attack.
+// in fr*_loss*.{cpp,cu} and pgd_step*.{cpp,cu}. The module has two functions, direct entry points to
+// fr_fast::pgd_step_ and to the L1 FR ops for fr_fast.ops: the generic torch.ops argument parsing and the
+// Python checks cost more than the kernels on small tensors (a PGD step, B=128 logits).
 #include <Python.h>
 #include <ATen/ATen.h>
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
@@ -71,10 +72,63 @@ PyObject* pgd_step_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t
   END_HANDLE_TH_ERRORS
 }
 
+// Index of `object` (a str) in `names`, or -1.
+template <size_t N>
+int choice(PyObject* object, const char* const (&names)[N]) {
+  if (!PyUnicode_Check(object)) return -1;
+  for (size_t i = 0; i < N; ++i)
+    if (PyUnicode_CompareWithASCIIString(object, names[i]) == 0) return static_cast<int>(i);
+  return -1;
+}
+
+// fr_loss(teacher, adv, distance, reduction, fft) -> loss for the fused L1 forms on plain tensors of one
+// dtype (the op checks shapes, dtype and device in C++); NotImplemented for everything fr_fast.ops decides
+// itself: other distances, mixed dtypes, tensor subclasses, torch function modes, torch.func transforms,
+// devices without a kernel or two devices, CUDA 1-D above the fused class limit (`max_cuda_classes`).
+PyObject* fr_loss_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 6 || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
+  if (!THPVariable_CheckExact(args[0]) || !THPVariable_CheckExact(args[1])) Py_RETURN_NOTIMPLEMENTED;
+  static const char* const distances[] = {"l1"};
+  static const char* const reductions[] = {"none", "mean", "sum"};  // the kernels' codes 0, 1, 2
+  static const char* const ffts[] = {"1d", "2d"};
+  const int reduction = choice(args[3], reductions), fft = choice(args[4], ffts);
+  if (choice(args[2], distances) != 0 || reduction < 0 || fft < 0 || (fft == 1 && reduction == 0))
+    Py_RETURN_NOTIMPLEMENTED;
+  const long max_cuda_classes = PyLong_AsLong(args[5]);
+  if (max_cuda_classes == -1 && PyErr_Occurred()) return nullptr;
+  // torch.func transforms include their front key while any transform is active.
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode))
+    Py_RETURN_NOTIMPLEMENTED;
+  const at::Tensor& teacher = THPVariable_Unpack(args[0]);
+  const at::Tensor& adv = THPVariable_Unpack(args[1]);
+  if (teacher.scalar_type() != adv.scalar_type() || teacher.device() != adv.device()) Py_RETURN_NOTIMPLEMENTED;
+  using Loss = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t);
+  static const c10::OperatorHandle l1 = c10::Dispatcher::singleton().findSchemaOrThrow("fr_fast::fr_l1", "");
+  static const c10::OperatorHandle l1_2d = c10::Dispatcher::singleton().findSchemaOrThrow("fr_fast::fr2d_l1", "");
+  static const bool cuda_kernel = l1.hasKernelForDispatchKey(c10::DispatchKey::CUDA);
+  static const auto op_1d = l1.typed<Loss>();
+  static const auto op_2d = l1_2d.typed<Loss>();
+  const c10::DeviceType device = teacher.device().type();
+  if (device != c10::DeviceType::CPU && !(device == c10::DeviceType::CUDA && cuda_kernel)) Py_RETURN_NOTIMPLEMENTED;
+  if (device == c10::DeviceType::CUDA && fft == 0 && teacher.dim() == 2 && teacher.size(1) > max_cuda_classes)
+    Py_RETURN_NOTIMPLEMENTED;
+  at::Tensor loss;
+  {
+    pybind11::gil_scoped_release no_gil;
+    loss = (fft == 0 ? op_1d : op_2d).call(teacher, adv, reduction);
+  }
+  return THPVariable_Wrap(std::move(loss));
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"pgd_step_", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(pgd_step_entry)), METH_FASTCALL,
      "pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max): fr_fast::pgd_step_ for plain tensors, "
      "else NotImplemented. Use fr_fast.pgd_step_."},
+    {"fr_loss", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fr_loss_entry)), METH_FASTCALL,
+     "fr_loss(teacher, adv, distance, reduction, fft, max_cuda_classes): the fused L1 FR op for plain tensors, "
+     "else NotImplemented. Use fr_fast.fr_loss."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

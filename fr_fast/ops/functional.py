@@ -36,8 +36,10 @@ def _devices_with_kernels() -> frozenset[str]:
 
 # Looked up once: backend() then stays plain Python that torch.compile traces without a graph break.
 _KERNEL_DEVICES = _devices_with_kernels()
-# fr_fast._C.pgd_step_: the step without torch.ops' generic argument parsing (None: not built).
+# fr_fast._C.pgd_step_ / .fr_loss: the ops without torch.ops' generic argument parsing, checked in C++
+# (None: not built).
 _step_entry = getattr(sys.modules.get("fr_fast._C"), "pgd_step_", None) if EXTENSION_ERROR is None else None
+_loss_entry = getattr(sys.modules.get("fr_fast._C"), "fr_loss", None) if EXTENSION_ERROR is None else None
 
 
 def backend(device: str | torch.device = "cpu") -> str:
@@ -100,6 +102,10 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     -------
     Tensor: float32 for float16/bfloat16/float32 inputs, float64 for float64.
     """
+    if _loss_entry is not None and not torch.compiler.is_compiling():  # the hot path: C++ checks everything
+        loss = _loss_entry(teacher_logits, adv_logits, distance, reduction, fft, MAX_CUDA_FUSED_CLASSES)
+        if loss is not NotImplemented:
+            return loss
     _check_float_tensor("teacher_logits", teacher_logits)
     _check_float_tensor("adv_logits", adv_logits)
     check_choice("distance", distance, DISTANCES)
@@ -330,8 +336,10 @@ def random_start_(x_adv: Tensor, x_nat: Tensor, eps: Radius, clip_min: float | N
     ``x_adv`` itself, which must not share memory with ``x_nat``; one fused pass then adds ``x_nat`` and clips.
     """
     _check_images("random_start_", x_adv, {"x_nat": x_nat})
-    if not torch.compiler.is_compiling():  # data_ptr breaks a graph; the kernel checks the overlap as well
+    if not torch.compiler.is_compiling():
         _check_no_overlap("random_start_", x_adv, {"x_nat": x_nat})
+    elif x_adv is x_nat:  # data_ptr would break the graph; partial overlaps of views pass unseen here
+        raise ValueError("random_start_: x_adv and x_nat share memory; pass a separate tensor (e.g. x_nat.clone())")
     _check_clip("random_start_", clip_min, clip_max)
     eps = _checked_radius("random_start_", "eps", eps, x_adv, non_negative=True)
     if not _fused(x_adv.device):
