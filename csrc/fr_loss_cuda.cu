@@ -153,7 +153,32 @@ size_t shared_bytes_for(int64_t C, size_t acc_size, bool with_signs) {
   return bytes;
 }
 
-// (loss, gradient for an upstream of 1 or undefined) in one launch.
+// Above this many classes the per-row direct DFT (O(C^2) per row) gives way to cuFFT. 128 is where the
+// earlier Python-side switch to torch.fft sat; NOT measured for this op (no GPU when it was written):
+// to be measured with benchmarks/bench_ops.py --device cuda and moved.
+constexpr int64_t kMaxDirectClasses = 128;
+
+// Large C: cuFFT R2C of the difference, the weighted L1 with ATen ops, and for the gradient (upstream 1)
+// the unnormalised C2R of the signs (it counts the middle bins twice; the imaginary parts of bin 0 and
+// C/2 are zeroed: the C2R ignores them and a real signal has none). Several launches, O(C log C) per row.
+std::tuple<at::Tensor, at::Tensor> fr_l1_fft_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction,
+                                                  bool want_gradient) {
+  const int64_t B = teacher.size(0), C = teacher.size(1), K = num_half_bins(C);
+  const auto options = teacher.options().dtype(accumulation_dtype(teacher));
+  const at::Tensor parts = at::view_as_real(at::fft_rfft(teacher.to(options.dtype()).sub(adv.to(options.dtype())), C, 1));
+  at::Tensor weights = at::full({K, 1}, 2.0, options);
+  weights.narrow(0, 0, 1).fill_(1.0);
+  if (C % 2 == 0) weights.narrow(0, K - 1, 1).fill_(1.0);
+  const at::Tensor loss = reduce_rows(parts.abs().mul(weights).sum({1, 2}), reduction);
+  if (!want_gradient) return {loss, at::Tensor()};
+  at::Tensor signs = parts.sign();
+  if (reduction == kMean) signs.div_(static_cast<double>(B));
+  signs.select(1, 0).select(1, 1).zero_();
+  if (C % 2 == 0) signs.select(1, K - 1).select(1, 1).zero_();
+  return {loss, at::fft_irfft(at::view_as_complex(signs), C, 1, "forward")};
+}
+
+// (loss, gradient for an upstream of 1 or undefined) in one launch (cuFFT above kMaxDirectClasses).
 std::tuple<at::Tensor, at::Tensor> fr_l1_run_cuda(const at::Tensor& teacher, const at::Tensor& adv, int64_t reduction,
                                                   bool want_gradient) {
   check_fr_l1_args("fr_l1", teacher, adv, reduction);
@@ -165,6 +190,7 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_run_cuda(const at::Tensor& teacher, con
     if (want_gradient) pattern.zero_();
     return {reduce_rows(at::zeros({B}, options), reduction), pattern};
   }
+  if (C > kMaxDirectClasses) return fr_l1_fft_cuda(teacher, adv, reduction, want_gradient);
   at::Tensor rows = at::empty({B}, options);
   at::Tensor loss = reduction == kNone ? rows : at::empty({}, options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_cuda", [&] {
@@ -199,6 +225,14 @@ std::tuple<at::Tensor, at::Tensor> fr_l1_backward_cuda(const at::Tensor& grad, c
   at::Tensor grad_adv = at::empty({B, C}, adv.options());
   const Upstream upstream = upstream_gradient(grad, teacher, reduction);  // checked before anything reads it
   if (B == 0 || C == 0) return {grad_teacher, grad_adv};
+  if (C > kMaxDirectClasses) {
+    const at::Tensor per_row = std::get<1>(fr_l1_fft_cuda(teacher, adv, kNone, true));
+    const at::Tensor scaled = per_row.mul(reduction == kNone ? upstream.values.unsqueeze(1) : upstream.values)
+                                  .mul(upstream.scale);
+    grad_teacher.copy_(scaled);
+    grad_adv.copy_(scaled.neg());
+    return {grad_teacher, grad_adv};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "fr_l1_backward_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     const size_t shared = shared_bytes_for(C, sizeof(acc_t), true);

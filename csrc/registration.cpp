@@ -84,10 +84,10 @@ int choice(PyObject* object, const char* const (&names)[N]) {
 // fr_loss(teacher, adv, distance, reduction, fft) -> loss for the fused L1 forms on plain tensors of one
 // dtype (the op checks shapes, dtype and device in C++); NotImplemented for everything fr_fast.ops decides
 // itself: other distances, mixed dtypes, tensor subclasses, torch function modes, torch.func transforms,
-// devices without a kernel or two devices, CUDA 1-D above the fused class limit (`max_cuda_classes`).
+// devices without a kernel or two devices.
 PyObject* fr_loss_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 6 || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
+  if (nargs != 5 || at::impl::torch_function_mode_enabled()) Py_RETURN_NOTIMPLEMENTED;
   if (!THPVariable_CheckExact(args[0]) || !THPVariable_CheckExact(args[1])) Py_RETURN_NOTIMPLEMENTED;
   static const char* const distances[] = {"l1"};
   static const char* const reductions[] = {"none", "mean", "sum"};  // the kernels' codes 0, 1, 2
@@ -95,8 +95,6 @@ PyObject* fr_loss_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t 
   const int reduction = choice(args[3], reductions), fft = choice(args[4], ffts);
   if (choice(args[2], distances) != 0 || reduction < 0 || fft < 0 || (fft == 1 && reduction == 0))
     Py_RETURN_NOTIMPLEMENTED;
-  const long max_cuda_classes = PyLong_AsLong(args[5]);
-  if (max_cuda_classes == -1 && PyErr_Occurred()) return nullptr;
   // torch.func transforms include their front key while any transform is active.
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode))
     Py_RETURN_NOTIMPLEMENTED;
@@ -111,8 +109,6 @@ PyObject* fr_loss_entry(PyObject* /*module*/, PyObject* const* args, Py_ssize_t 
   static const auto op_2d = l1_2d.typed<Loss>();
   const c10::DeviceType device = teacher.device().type();
   if (device != c10::DeviceType::CPU && !(device == c10::DeviceType::CUDA && cuda_kernel)) Py_RETURN_NOTIMPLEMENTED;
-  if (device == c10::DeviceType::CUDA && fft == 0 && teacher.dim() == 2 && teacher.size(1) > max_cuda_classes)
-    Py_RETURN_NOTIMPLEMENTED;
   at::Tensor loss;
   {
     pybind11::gil_scoped_release no_gil;
@@ -127,7 +123,7 @@ PyMethodDef methods[] = {
      "pgd_step_(x_adv, grad, x_nat, alpha, eps, clip_min, clip_max): fr_fast::pgd_step_ for plain tensors, "
      "else NotImplemented. Use fr_fast.pgd_step_."},
     {"fr_loss", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fr_loss_entry)), METH_FASTCALL,
-     "fr_loss(teacher, adv, distance, reduction, fft, max_cuda_classes): the fused L1 FR op for plain tensors, "
+     "fr_loss(teacher, adv, distance, reduction, fft): the fused L1 FR op for plain tensors, "
      "else NotImplemented. Use fr_fast.fr_loss."},
     {nullptr, nullptr, 0, nullptr}};
 

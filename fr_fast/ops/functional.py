@@ -20,10 +20,6 @@ from fr_fast.ops.reference import DISTANCES, FFT_MODES, REDUCTIONS
 from fr_fast.utils.checks import check_choice, check_radius
 
 _REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
-# The CUDA FR kernel does a direct DFT per row in shared memory, O(C^2) per row: until a crossover
-# against torch.fft is measured on a GPU, CUDA logits with more classes than this take torch.fft (the
-# CPU kernel switches to an FFT itself).
-MAX_CUDA_FUSED_CLASSES = 128
 _warned = False
 
 
@@ -103,7 +99,7 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     Tensor: float32 for float16/bfloat16/float32 inputs, float64 for float64.
     """
     if _loss_entry is not None and not torch.compiler.is_compiling():  # the hot path: C++ checks everything
-        loss = _loss_entry(teacher_logits, adv_logits, distance, reduction, fft, MAX_CUDA_FUSED_CLASSES)
+        loss = _loss_entry(teacher_logits, adv_logits, distance, reduction, fft)
         if loss is not NotImplemented:
             return loss
     _check_float_tensor("teacher_logits", teacher_logits)
@@ -140,7 +136,7 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
             teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), dim=-1, eps=1e-8)
         return reference._reduce(1.0 - similarity, reduction)
     device = teacher_logits.device
-    if _fused(device) and (device.type != "cuda" or teacher_logits.shape[-1] <= MAX_CUDA_FUSED_CLASSES):
+    if _fused(device):
         if _transforms_active():
             return _FunctorchFR.apply(teacher_logits, adv_logits, "1d", _REDUCTION_CODES[reduction])[0]
         return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])

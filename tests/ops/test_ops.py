@@ -250,9 +250,8 @@ def test_opcheck_every_op(device):
         torch.library.opcheck(torch.ops.fr_fast.fr_l1.default, (a, b, code))
     torch.library.opcheck(torch.ops.fr_fast.fr_l1_backward.default,
                           (torch.rand((), device=device), a.detach(), b.detach(), 1))
-    if device == "cpu":  # fr_l1_with_grad has a CPU kernel only (autograd uses it there)
-        for code in (0, 1, 2):
-            torch.library.opcheck(torch.ops.fr_fast.fr_l1_with_grad.default, (a.detach(), b.detach(), code))
+    for code in (0, 1, 2):
+        torch.library.opcheck(torch.ops.fr_fast.fr_l1_with_grad.default, (a.detach(), b.detach(), code))
     x_adv, grad, x_nat = _images((2, 3, 4, 4), device=device)
     rows = torch.rand(2, device=device)
     torch.library.opcheck(torch.ops.fr_fast.pgd_step_.default, (x_adv, grad, x_nat, 0.01, 0.03))
@@ -445,10 +444,11 @@ def test_random_start_per_sample_eps(device):
 
 
 @requires_extension
-def test_fr_l1_with_grad_is_the_gradient_for_an_upstream_of_one():
-    for shape in ((128, 10), (64, 300)):  # the small direct path and the FFT path
-        a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        b = torch.randn(shape, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fr_l1_with_grad_is_the_gradient_for_an_upstream_of_one(device):
+    for shape in ((128, 10), (64, 300)):  # the small direct path and the FFT path (CPU and CUDA)
+        a = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+        b = torch.randn(shape, dtype=torch.float64, device=device)
         for reduction, code in REDUCTION_CODES.items():
             loss, pattern = torch.ops.fr_fast.fr_l1_with_grad(a.detach(), b, code)
             expected = reference.fr_loss(a, b, "l1", reduction)
