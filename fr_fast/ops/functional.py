@@ -97,6 +97,9 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
     Returns
     -------
     Tensor: float32 for float16/bfloat16/float32 inputs, float64 for float64.
+
+    The L1 forms run the fused ops (fr_fast::fr_l1, fr_fast::fr2d_l1) on CPU and CUDA; they work with
+    torch.func (grad, vmap, jacrev, jvp), double backward (zeros, as torch.fft) and torch.compile(fullgraph=True).
     """
     if _loss_entry is not None and not torch.compiler.is_compiling():  # the hot path: C++ checks everything
         loss = _loss_entry(teacher_logits, adv_logits, distance, reduction, fft)
