@@ -20,26 +20,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fr_fast.config.train_config import RUN_CONTROL_FIELDS, TrainConfig, config_to_dict
+from fr_fast.config.train_config import TrainConfig
+from fr_fast.training.resume import resume_changes
 from fr_fast.training.state import TrainState
 
 # What a branch may set differently from its checkpoint: the FR term, the weight average, and how long
 # the run goes on.
 BRANCH_FIELDS = frozenset({"fr", "lam", "distance", "fft", "fr_start_epoch", "wa", "wa_role", "wa_start_epoch",
                            "bn_recalibrate", "bn_recalibrate_batches", "select_by", "epochs"})
-
-
-def branch_changes(saved_config: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """{field: (checkpoint value, new value)} for every field that differs (run-control fields ignored)."""
-    defaults = config_to_dict(TrainConfig())
-    changes = {}
-    for name, value in config_to_dict(cfg).items():
-        if name in RUN_CONTROL_FIELDS:
-            continue
-        old = saved_config.get(name, defaults[name])
-        if old != value:
-            changes[name] = (old, value)
-    return changes
 
 
 def check_branch(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -49,7 +37,7 @@ def check_branch(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any
     (``epochs`` <= the checkpoint's epoch); the new settings keep a weight average that should already
     exist at the branch point but the checkpoint has none.
     """
-    changes = branch_changes(saved["config"], cfg)
+    changes = resume_changes(saved["config"], cfg)
     shown = lambda names: ", ".join(f"{n} {changes[n][0]!r} -> {changes[n][1]!r}" for n in names)  # noqa: E731
     fixed = sorted(n for n in changes if n not in BRANCH_FIELDS)
     if fixed:
