@@ -11,8 +11,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 requires_extension = pytest.mark.skipif(ops.EXTENSION_ERROR is not None, reason="fr_fast._C not built")
 CODES = {"mean": 1, "sum": 2}
 # Shapes: odd and even B and C, B or C = 1, the presets' (128, 10), and sizes past the CUDA crossover.
+# On CPU, B * C <= 4096 with factors 2, 3, 5, 7 take the small-FFT path ((64, 64) and (35, 105): every
+# radix), the others ATen's FFT: a prime factor ((33, 11), (64, 101)) or the size ((60, 70), (128, 200)).
 SHAPES = [(1, 1), (1, 10), (7, 1), (2, 2), (3, 5), (4, 6), (5, 7), (8, 10), (33, 11), (128, 10), (64, 101),
-          (128, 200)]
+          (64, 64), (35, 105), (60, 70), (128, 200)]
 
 
 def torch_fft_2d(a, b, reduction):
@@ -181,8 +183,9 @@ def test_fr_loss_2d_runs_a_fr_fast_op_on_cpu():
 
 
 @requires_extension
-def test_multithreaded_equals_single_threaded():
-    a, b = _leaves((512, 200), torch.float32, "cpu")
+@pytest.mark.parametrize("shape", [(128, 10), (512, 200)])  # small-FFT and ATen paths
+def test_multithreaded_equals_single_threaded(shape):
+    a, b = _leaves(shape, torch.float32, "cpu")
     results = []
     previous = torch.get_num_threads()
     try:
