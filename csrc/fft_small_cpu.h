@@ -13,8 +13,7 @@
 
 namespace fr_fast {
 
-// exp(-2 pi i t / N) for t < N as cos and sin tables; exact at the quarter turns, so that a twiddle of
-// 1, -1 or +-i never turns an infinity into NaN through a 0 * inf.
+// exp(2 pi i t / N) for t < N as cos and sin tables (computed in double); exact at the quarter turns.
 template <typename T>
 struct Twiddles {
   std::vector<T> cos, sin;
