@@ -71,15 +71,20 @@ def _square_bounds(n: int, k: int) -> tuple[int, int]:
     return start, start + k
 
 
-@lru_cache(maxsize=64)
-def _low_mask_unshifted(h: int, w: int, k: int, device: str) -> Tensor:
-    # Build the mask on the centred grid, then move it to the FFT's native order once, so that
-    # filtering needs no fftshift of the (large) data.
+def _centre_square(h: int, w: int, k: int) -> Tensor:
+    """A boolean h x w mask holding the centred k x k square."""
     mask = torch.zeros(h, w, dtype=torch.bool)
     r0, r1 = _square_bounds(h, k)
     c0, c1 = _square_bounds(w, k)
     mask[r0:r1, c0:c1] = True
-    return torch.fft.ifftshift(mask, dim=(-2, -1)).to(device)
+    return mask
+
+
+@lru_cache(maxsize=64)
+def _low_mask_unshifted(h: int, w: int, k: int, device: str) -> Tensor:
+    # The low frequencies (centred square of the shifted spectrum), moved to the FFT's native order once, so
+    # that filtering needs no fftshift of the (large) data.
+    return torch.fft.ifftshift(_centre_square(h, w, k), dim=(-2, -1)).to(device)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -89,11 +94,7 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 @lru_cache(maxsize=64)
 def _centre_mask_unshifted(h: int, w: int, k: int, device: str) -> Tensor:
     # The paper's HPF: the centred k x k square of the spectrum in the FFT's own (unshifted) order.
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    r0, r1 = _square_bounds(h, k)
-    c0, c1 = _square_bounds(w, k)
-    mask[r0:r1, c0:c1] = True
-    return mask.to(device)
+    return _centre_square(h, w, k).to(device)
 
 
 HPF_DEFINITIONS = ("paper", "complement")
