@@ -2,7 +2,8 @@
 # The GPU run as two prepared calls, each one command under 10 minutes (docs/gpu.md):
 #   measure    (~540 s) preflight, build (60 s), CUDA tests (120 s), compute-sanitizer memcheck + racecheck on
 #              every kernel and path (60 s), PGD-step bandwidth 512x3x224x224 fp32/bf16 (30 s), FR 1-D/2-D rows
-#              (45 s), training rows eager / compiled / CUDA graph at batch 128 and 512 (90 s), continuity rows
+#              (45 s), training rows eager / compiled / CUDA graph at batch 128 and 512 (90 s), WRN-34-10 AT+FR
+#              eager / CUDA graph at batch 128 (40 s), continuity rows
 #              comparable with the first run (90 s). No Fashion-MNIST.
 #   reproduce  (~360 s) build if needed, then experiments/reproduce_gpu.py alone on the GPU: one AT trunk forked
 #              into AT / AT+FR / AT+FR/WA at the first lr decay, full Fashion-MNIST ($FMNIST_DIR).
@@ -172,6 +173,8 @@ else
         --no-ablation --resnet-batch 128 --rows "$TRAIN_ROWS" --blocks 5 --block-s 0.3 --tag b128
     stage train_b512 45 "$PY" benchmarks/bench_train.py "${C[@]}" --models resnet18 --trades-models "" --compile \
         --no-ablation --resnet-batch 512 --rows "$TRAIN_ROWS" --blocks 5 --block-s 0.3 --tag b512
+    stage train_wrn 40 "$PY" benchmarks/bench_train.py "${C[@]}" --models wrn34_10 --trades-models "" --no-compile \
+        --no-ablation --resnet-batch 128 --rows "fr_fast;fr_fast step, CUDA graph" --blocks 5 --block-s 0.3 --tag wrn
     # continuity: the first run's rows (benchmarks/results/ops_cuda.md, train_cuda*.md) with today's harness
     stage continuity 90 "$PY" benchmarks/bench_train.py "${C[@]}" --models resnet18 --trades-models resnet18 \
         --no-compile --resnet-batch 128 --blocks 5 --block-s 0.3 --tag continuity
