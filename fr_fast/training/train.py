@@ -37,7 +37,7 @@ from fr_fast.data import BatchLoader, DatasetInfo, TensorImageDataset, dataset_i
 from fr_fast.models import build_model
 from fr_fast.robustness.attacks import pgd
 from fr_fast.runs import runinfo
-from fr_fast.runs.checkpoint import load_checkpoint, nonfinite_entries, save_checkpoint
+from fr_fast.runs.checkpoint import nonfinite_entries, save_checkpoint
 from fr_fast.runs.metrics_log import MetricsLog
 from fr_fast.runs.runfolder import (
     branch_label,
@@ -401,7 +401,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume_override: bool = 
     datasets = _datasets(cfg)  # missing or damaged data fails here, before the run folder is made
     # A branch is checked before its folder is created: a refused branch leaves nothing behind.
     branch_from = branch_source(cfg.branch_from, out_dir) if cfg.branch_from and resume_from is None else None
-    branched = load_checkpoint(branch_from) if branch_from is not None else None
+    # As a resume: a checkpoint holding NaN/inf, or a disk without room for the new run's checkpoints, is refused.
+    branched = load_resume(branch_from, out_dir) if branch_from is not None else None
     branch = check_branch(branched, cfg) if branched is not None else None
     with runtime(cfg) as rt, StopOnSignal() as stop, hold_run_folder(
             out_dir, resuming=resume_from is not None or cfg.resume == "auto", overwrite=overwrite,

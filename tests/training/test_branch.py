@@ -9,7 +9,7 @@ import torch
 
 from fr_fast.cli.train import main
 from fr_fast.config.train_config import load_config
-from fr_fast.runs.checkpoint import load_checkpoint
+from fr_fast.runs.checkpoint import load_checkpoint, save_checkpoint
 from fr_fast.training.train import train
 
 # AT until epoch index 2 (the first lr decay), then FR / FR+WA switch on: the trunk trains epochs 0-1.
@@ -90,3 +90,16 @@ def test_cli_refusal_is_one_line_exit_2(trunk, tmp_path, capsys):
     assert err.startswith("fr-fast train: error: cannot branch") and "\n" not in err
     assert main(["mnist_cnn_at_fr", *TINY, "epochs=3", f"--out_dir={trunk.parent}", f"--branch_from={trunk}"]) == 2
     assert "a branch is a new run: choose another --out_dir" in capsys.readouterr().err
+
+
+def test_a_branch_from_a_nan_checkpoint_is_refused_before_its_folder_exists(trunk, tmp_path, capsys):
+    poisoned = tmp_path / "trunk" / "last.pt"
+    poisoned.parent.mkdir()
+    state = load_checkpoint(trunk)
+    next(v for v in state["model"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, poisoned)
+    out = tmp_path / "branch"
+    assert main(["mnist_cnn_at_fr", *TINY, "epochs=3", f"--out_dir={out}", f"--branch_from={poisoned}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{poisoned} holds non-finite values (model." in err
+    assert not out.exists()
