@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -65,18 +65,21 @@ def _test_pause(path: Path, epoch: Any) -> None:
         time.sleep(600)
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed saves left in ``folder``; returns them.
+def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] = ("*.pt",)) -> list[Path]:
+    """Delete the temporary files that killed writes of the files ``names`` (glob patterns; atomic_write's
+    ``.<name>.<random>.tmp``) left in ``folder``; returns them.
 
     Call it only while holding the folder's run lock (:mod:`fr_fast.runs.runfolder`): another live run's
     temporary file would otherwise be taken for an orphan.
     """
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if folder.is_dir():
-        for p in folder.glob(f".*.pt.*{TEMP_SUFFIX}"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+        for name in names:
+            for p in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+                if p not in removed:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
     return removed
 
 

@@ -184,8 +184,8 @@ def hold_run_folder(out_dir: str | os.PathLike, *, resuming: bool, overwrite: bo
     try:
         with RunLock(out_dir):
             claim_run_folder(out_dir, resume=resuming, overwrite=overwrite)
-            for p in remove_stale_temps(out_dir):
-                print(f"removed {p}, left by an interrupted save", file=sys.stderr, flush=True)
+            for p in remove_stale_temps(out_dir, RUN_FILES):
+                print(f"removed {p}, left by an interrupted write", file=sys.stderr, flush=True)
             try:
                 yield
             except BaseException:

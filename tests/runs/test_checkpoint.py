@@ -130,6 +130,20 @@ def test_remove_stale_temps_only_removes_orphans(tmp_path: Path):
     assert remove_stale_temps(tmp_path / "missing") == []
 
 
+def test_remove_stale_temps_of_every_run_file(tmp_path: Path):
+    """A kill inside the atomic write of run.json or metrics.* leaves its temporary file too."""
+    from fr_fast.runs.runfolder import RUN_FILES
+
+    orphans = [tmp_path / ".run.json.k2j.tmp", tmp_path / ".metrics.csv.q1.tmp", tmp_path / ".last.pt.z.tmp"]
+    keep = [tmp_path / ".notes.txt.a.tmp", tmp_path / "run.json"]
+    for p in orphans + keep:
+        p.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == [tmp_path / ".last.pt.z.tmp"]  # default: checkpoints only
+    orphans.pop()
+    assert sorted(remove_stale_temps(tmp_path, RUN_FILES)) == sorted(orphans)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
 def test_disk_full_is_one_line_with_path_and_free_space(tmp_path: Path, monkeypatch):
     path = tmp_path / "last.pt"
 
