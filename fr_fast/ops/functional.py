@@ -121,13 +121,15 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         teacher_logits, adv_logits = teacher_logits.to(dtype), adv_logits.to(dtype)
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
+    if distance == "l1" and _fused(teacher_logits.device):  # fr_fast::fr_l1 (1-D) or fr_fast::fr2d_l1 (2-D)
+        code = _REDUCTION_CODES[reduction]
+        if _transforms_active():
+            return _FunctorchFR.apply(teacher_logits, adv_logits, fft, code)[0]
+        op = torch.ops.fr_fast.fr2d_l1 if fft == "2d" else torch.ops.fr_fast.fr_l1
+        return op(teacher_logits, adv_logits, code)
     if fft == "2d" and distance != "l1":
         return _fr_2d_parseval(teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), distance, reduction)
     if fft == "2d":
-        if _fused(teacher_logits.device):
-            if _transforms_active():
-                return _FunctorchFR.apply(teacher_logits, adv_logits, "2d", _REDUCTION_CODES[reduction])[0]
-            return torch.ops.fr_fast.fr2d_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
         diff = teacher_logits.to(compute_dtype) - adv_logits.to(compute_dtype)
         parts = torch.view_as_real(torch.fft.fft2(diff)).abs()  # linearity: one 2-D FFT instead of two
         return parts.mean() if reduction == "mean" else parts.sum()
@@ -138,11 +140,6 @@ def fr_loss(teacher_logits: Tensor, adv_logits: Tensor, distance: str = "l1", re
         similarity = torch.nn.functional.cosine_similarity(
             teacher_logits.to(compute_dtype), adv_logits.to(compute_dtype), dim=-1, eps=1e-8)
         return reference._reduce(1.0 - similarity, reduction)
-    device = teacher_logits.device
-    if _fused(device):
-        if _transforms_active():
-            return _FunctorchFR.apply(teacher_logits, adv_logits, "1d", _REDUCTION_CODES[reduction])[0]
-        return torch.ops.fr_fast.fr_l1(teacher_logits, adv_logits, _REDUCTION_CODES[reduction])
     return reference.fr_loss(teacher_logits, adv_logits, "l1", reduction, "1d")
 
 
