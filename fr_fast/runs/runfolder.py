@@ -50,7 +50,7 @@ from fr_fast.runs.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from fr_fast.utils.files import check_free_space, disk_full, is_disk_full
+from fr_fast.utils.files import check_free_space, disk_full, is_disk_full, nearest_existing
 from fr_fast.utils.paths import local_path
 
 RUNS_ROOT = "runs"
@@ -104,9 +104,7 @@ def check_dir_creatable(path: str | os.PathLike, what: str = "output folder") ->
     """Without creating anything: ``path`` is a writable folder, or the nearest existing folder above it is
     writable (so that it can be made later); RunFolderError otherwise. For checks before the expensive work."""
     path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise RunFolderError(f"{what} {str(path)!r} is not writable ({str(existing)!r} is a file, not a folder); "
                              "choose another path")

@@ -42,13 +42,18 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
-def free_bytes(folder: str | os.PathLike) -> int:
-    """Free bytes on the file system of ``folder`` (or of its nearest existing parent; 0 when it cannot be asked)."""
-    path = Path(folder).absolute()
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (where a folder for it would be made)."""
+    path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
+    return path
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free bytes on the file system of ``folder`` (or of its nearest existing parent; 0 when it cannot be asked)."""
     try:
-        return shutil.disk_usage(path).free
+        return shutil.disk_usage(nearest_existing(Path(folder).absolute())).free
     except OSError:
         return 0
 
